@@ -1,0 +1,94 @@
+"""One dataclass holds every SAC-ViT choice that is not part of the timm backbone.
+
+The backbone geometry (image size, patch size, width, depth, heads) lives in timm's
+``VisionTransformer`` arguments; :class:`SACConfig` holds the two-stage method: how the early-exit
+image is made, how the semantic score is accumulated, how tokens are clustered, the feature-reuse
+path, the default exit threshold and the training loss. Each field marked *(choice)* in
+DESIGN.md is a field here so it can be changed and compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["SACConfig"]
+
+ClusterMode = Literal["window", "adaptive"]
+
+
+@dataclass
+class SACConfig:
+    """Configuration of the SAC-ViT method on top of a ViT backbone.
+
+    Attributes:
+        ee_scale: downsampling factor of the early-exit image (2: 224 → 112 px, 7×7 tokens).
+        threshold: default exit threshold η on the EE top-1 softmax probability for ``predict``.
+        gca_beta: EMA factor β of the global class attention, ``g = β·g + (1−β)·a_l``.
+        gca_start: first block (0-indexed) whose CLS attention enters the EMA; clipped to depth − 1.
+        cluster_mode: ``"window"`` (one m×m window of EE tokens with the largest GCA mass, fixed
+            token counts) or ``"adaptive"`` (m per image, smallest window holding ``rho`` of the mass).
+        window: m, the window side in EE tokens for ``"window"`` mode (5 on the 7×7 grid).
+        alpha: fraction of the window's EE tokens (top by GCA) that form the target cluster.
+        adaptive_sizes: candidate window sides for ``"adaptive"`` mode.
+        rho: GCA mass fraction the adaptive window must hold.
+        reuse: add the feature-reuse term ``reuse(z_ee)`` to the SAC tokens.
+        reuse_non_target: also add it to the non-target (reused EE) tokens.
+        reuse_mlp_ratio: hidden width of the reuse MLP as a multiple of the embedding width.
+        kl_weight: λ of the KL term of the training loss.
+        kl_tau: temperature τ of the KL term.
+        select_after: fraction of training during which SAC sees the whole image (window = full
+            grid); token selection switches on afterwards (CF-ViT/LF-ViT warm-up).
+    """
+
+    ee_scale: int = 2
+    threshold: float = 0.76
+    gca_beta: float = 0.99
+    gca_start: int = 3
+    cluster_mode: ClusterMode = "window"
+    window: int = 5
+    alpha: float = 1.0
+    adaptive_sizes: tuple[int, ...] = (3, 4, 5, 6, 7)
+    rho: float = 0.7
+    reuse: bool = True
+    reuse_non_target: bool = True
+    reuse_mlp_ratio: float = 4.0
+    kl_weight: float = 1.0
+    kl_tau: float = 1.0
+    select_after: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.adaptive_sizes = tuple(int(s) for s in self.adaptive_sizes)
+        checks = [
+            (self.ee_scale >= 1, f"ee_scale must be ≥ 1, got {self.ee_scale}"),
+            (0.0 < self.gca_beta < 1.0, f"gca_beta must be in (0, 1), got {self.gca_beta}"),
+            (self.gca_start >= 0, f"gca_start must be ≥ 0, got {self.gca_start}"),
+            (self.cluster_mode in ("window", "adaptive"),
+             f"cluster_mode must be 'window' or 'adaptive', got {self.cluster_mode!r}"),
+            (self.window >= 1, f"window must be ≥ 1, got {self.window}"),
+            (0.0 < self.alpha <= 1.0, f"alpha must be in (0, 1], got {self.alpha}"),
+            (len(self.adaptive_sizes) > 0 and min(self.adaptive_sizes) >= 1,
+             f"adaptive_sizes must be positive window sides, got {self.adaptive_sizes}"),
+            (0.0 < self.rho <= 1.0, f"rho must be in (0, 1], got {self.rho}"),
+            (self.reuse_mlp_ratio > 0, f"reuse_mlp_ratio must be > 0, got {self.reuse_mlp_ratio}"),
+            (self.kl_weight >= 0, f"kl_weight must be ≥ 0, got {self.kl_weight}"),
+            (self.kl_tau > 0, f"kl_tau must be > 0, got {self.kl_tau}"),
+            (0.0 <= self.select_after <= 1.0, f"select_after must be in [0, 1], got {self.select_after}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists), for checkpoint metadata."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown SACConfig fields: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,29 @@
+"""The SAC-ViT training loss (DESIGN.md, Training)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import SACConfig
+
+__all__ = ["sac_loss"]
+
+
+def sac_loss(logits_ee: Tensor, logits_sac: Tensor, target: Tensor, cfg: SACConfig) -> Tensor:
+    """``CE(logits_sac, y) + λ·τ²·KL(softmax(sac/τ).detach() ‖ softmax(ee/τ))``.
+
+    The SAC output, detached, supervises the EE output (CF-ViT's scheme). ``target`` is either
+    class indices ``(B,)`` or soft targets ``(B, C)`` (mixup / cutmix / label smoothing).
+    """
+    if target.dim() == 2:
+        ce = -(target * logits_sac.log_softmax(dim=-1)).sum(dim=-1).mean()
+    else:
+        ce = F.cross_entropy(logits_sac, target)
+    if cfg.kl_weight == 0:
+        return ce
+    tau = cfg.kl_tau
+    teacher = (logits_sac.detach() / tau).log_softmax(dim=-1)
+    student = (logits_ee / tau).log_softmax(dim=-1)
+    kl = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    return ce + cfg.kl_weight * tau * tau * kl

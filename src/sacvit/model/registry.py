@@ -1,0 +1,160 @@
+"""timm registrations of the SAC-ViT variants and loading of local backbone checkpoints.
+
+Every variant is a ``@register_model`` function, so ``timm.create_model('sacvit_deit_small_patch16_224')``
+works once :mod:`sacvit` is imported. Nothing is ever downloaded: pretrained weights come from a
+local file, given as ``checkpoint=PATH`` or timm's ``pretrained_cfg_overlay=dict(file=PATH)``.
+Official DeiT checkpoints (timm ``.pth``/``.safetensors``, or facebookresearch's ``{'model': …}``)
+load unchanged: SAC-ViT has exactly DeiT's parameter names plus ``reuse.*``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from .sacvit import SACViT
+
+__all__ = ["read_state_dict", "load_backbone_weights"]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a local checkpoint (``.safetensors``, or a ``.pth`` read with ``weights_only``).
+
+    Wrappers (``{'model': …}``, ``{'state_dict': …}``) and DDP's ``module.`` prefix are removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, pickle with code, truncated download …
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone_weights(model: VisionTransformer, path: str | Path, strict_head: bool = False) -> list[str]:
+    """Load a DeiT/timm ViT (or SAC-ViT) checkpoint into ``model``.
+
+    Position embeddings are resampled by timm's filter when the grid differs (e.g. DeiT-224
+    weights into a 288-px model). A head of another class count is skipped unless ``strict_head``.
+
+    Returns:
+        The names of the parameters left at their initialisation (``reuse.*``, maybe ``head.*``).
+
+    Raises:
+        ValueError: a width that does not match the model, keys that belong to another model,
+            or an unreadable file — always naming the path.
+    """
+    state = read_state_dict(path)
+    width = next((state[k].shape[-1] for k in ("cls_token", "pos_embed") if k in state), None)
+    if width is None:
+        raise ValueError(f"{path} is not a ViT checkpoint (no cls_token/pos_embed)")
+    if width != model.embed_dim:
+        raise ValueError(f"{path}: checkpoint width {width} does not match the model's width "
+                         f"{model.embed_dim}; pick the variant of the checkpoint's size")
+    state = checkpoint_filter_fn(state, model)
+    own = model.state_dict()
+    if "head.weight" in state and state["head.weight"].shape != own["head.weight"].shape:
+        if strict_head:
+            raise ValueError(f"{path}: head has {state['head.weight'].shape[0]} classes, "
+                             f"the model {own['head.weight'].shape[0]}")
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    result = model.load_state_dict(state, strict=False)
+    allowed = ("reuse.", "head.")
+    bad_missing = [k for k in result.missing_keys if not k.startswith(allowed)]
+    if result.unexpected_keys or bad_missing:
+        raise ValueError(f"{path} does not match {type(model).__name__}: unexpected keys "
+                         f"{result.unexpected_keys[:5]}, missing keys {bad_missing[:5]}")
+    return list(result.missing_keys)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
+    }
+
+
+_DEMO = dict(input_size=(3, 112, 112), num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)
+
+default_cfgs = generate_default_cfgs({
+    "sacvit_deit_tiny_patch16_224.untrained": _cfg(),
+    "sacvit_deit_small_patch16_224.untrained": _cfg(),
+    "sacvit_deit_base_patch16_224.untrained": _cfg(),
+    "sacvit_deit_small_patch16_288.untrained": _cfg(input_size=(3, 288, 288), crop_pct=1.0),
+    "sacvit_demo_patch8_112.untrained": _cfg(**_DEMO),
+    "deit_demo_patch8_112.untrained": _cfg(**_DEMO),
+})
+
+DEMO_ARGS = dict(img_size=112, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=10)
+
+
+def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    checkpoint = kwargs.pop("checkpoint", None) or overlay.get("file")
+    if pretrained and not checkpoint:
+        raise ValueError(f"{variant}: sacvit never downloads weights; pass checkpoint=PATH "
+                         f"or pretrained_cfg_overlay=dict(file=PATH) with a local DeiT/timm file")
+    model = build_model_with_cfg(model_cls, variant, pretrained=False, **kwargs)
+    if checkpoint:
+        load_backbone_weights(model, checkpoint)
+    return model
+
+
+@register_model
+def sacvit_deit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> SACViT:
+    """SAC-ViT on DeiT-Tiny: 224 px full / 112 px EE, 14×14 / 7×7 tokens."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create("sacvit_deit_tiny_patch16_224", SACViT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sacvit_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> SACViT:
+    """SAC-ViT on DeiT-Small: 224 px full / 112 px EE, 14×14 / 7×7 tokens (the paper's main model)."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("sacvit_deit_small_patch16_224", SACViT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sacvit_deit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> SACViT:
+    """SAC-ViT on DeiT-Base: 224 px full / 112 px EE, 14×14 / 7×7 tokens."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("sacvit_deit_base_patch16_224", SACViT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sacvit_deit_small_patch16_288(pretrained: bool = False, **kwargs: Any) -> SACViT:
+    """SAC-ViT on DeiT-Small at 288 px: 18×18 full / 9×9 EE tokens at 144 px."""
+    args = dict(img_size=288, patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("sacvit_deit_small_patch16_288", SACViT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def sacvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> SACViT:
+    """CPU demo SAC-ViT: 112 px full / 56 px EE at patch 8 keeps the paper's 14×14 / 7×7 geometry."""
+    return _create("sacvit_demo_patch8_112", SACViT, pretrained, **dict(DEMO_ARGS, **kwargs))
+
+
+@register_model
+def deit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The plain ViT of the demo SAC-ViT's size: the same-size full-resolution baseline."""
+    return _create("deit_demo_patch8_112", VisionTransformer, pretrained, **dict(DEMO_ARGS, **kwargs))
