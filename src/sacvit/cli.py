@@ -1,0 +1,52 @@
+"""``sacvit <command>``: one subcommand per user task.
+
+Each command lives in the module that does the work and exposes ``add_parser(subparsers)``,
+which registers its arguments and sets ``func`` to the function that runs it. Errors a user can
+fix (a missing dataset, a bad checkpoint, a wrong argument) are printed as one line, without a
+traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "sacvit.engine.train",
+    "eval": "sacvit.engine.evaluate",
+    "bench": "sacvit.bench",
+    "demo": "sacvit.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sacvit",
+        description="SAC-ViT: a ViT that exits early on easy images and spends full-resolution "
+                    "compute only on the object region of the hard ones.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sacvit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sacvit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sacvit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
