@@ -1,0 +1,283 @@
+"""Cluttered Fashion-MNIST: one garment at a random scale and place on a dark
+canvas, among small fragments cut from other garments.
+
+Samples are generated on the fly and are a pure function of
+``(seed, split, index)``, so they are identical across runs, processes and
+DataLoader workers. For training on a CPU, :func:`materialize` pre-renders a
+dataset once and :class:`TensorImageDataset` serves the stored images.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from .fashion_mnist import (
+    DEFAULT_FMNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    gray_to_tensor,
+    load_fashion_mnist,
+    resize_gray,
+)
+
+_SPLITS = {"train": ("train", 0), "val": ("test", 1), "test": ("test", 1)}
+_PLACEMENT_TRIES = 4  # positions tried per clutter fragment before it is dropped
+_BOX_CACHE: dict[tuple[str, str], list[list[int]]] = {}
+
+
+def content_boxes(images: np.ndarray, threshold: int = 16) -> np.ndarray:
+    """Tight boxes of the pixels brighter than ``threshold``, per image.
+
+    Args:
+        images: uint8 ``(N, H, W)`` array.
+        threshold: Pixels strictly above this value count as content.
+
+    Returns:
+        int64 ``(N, 4)`` array of ``(x0, y0, x1, y1)`` with exclusive ends; an
+        image without content gets the full frame.
+    """
+    n, h, w = images.shape
+    mask = images > threshold
+    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    empty = ~rows.any(axis=1)
+    boxes = np.stack(
+        [
+            cols.argmax(axis=1),
+            rows.argmax(axis=1),
+            w - cols[:, ::-1].argmax(axis=1),
+            h - rows[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    boxes[empty] = (0, 0, w, h)
+    return boxes
+
+
+def _first_covered(lo: int, n_in: int, n_out: int) -> int:
+    """First output pixel that the bilinear resize fills from input pixels ``>= lo``."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)  # filter half-width in input pixels
+    return max(math.floor((lo + 0.5 - support) / scale - 0.5) + 1, 0)
+
+
+def _end_covered(hi: int, n_in: int, n_out: int) -> int:
+    """End (exclusive) of the output pixels filled from input pixels ``< hi``."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    return min(math.ceil((hi - 0.5 + support) / scale - 0.5), n_out)
+
+
+class ClutteredFashionMNIST(Dataset):
+    """Fashion-MNIST garments placed on a larger canvas with garment clutter.
+
+    Sample ``i`` shows garment ``i`` of the source split resized to a random
+    side in ``scale`` at a random position, plus up to ``num_clutter`` square
+    crops (side in ``clutter_size``) of other random garments of the same split.
+    Crops overlap their garment's silhouette, often across an edge, so they show
+    texture and outline bits rather than whole garments. Each fragment is placed
+    at a random position outside the garment's square (a few tries, else it is
+    dropped), so the garment is never occluded. Layers are combined with a
+    pixel-wise maximum, so the background stays black as in MNIST.
+
+    Args:
+        root: Folder holding the Fashion-MNIST idx files.
+        split: ``"train"`` (from the 60k train split) or ``"val"`` (from the 10k
+            test split; ``"test"`` is accepted as an alias).
+        img_size: Canvas side in pixels.
+        scale: Inclusive range of the garment side in pixels.
+        num_clutter: Number of clutter fragments per image (about 2% are dropped
+            at the default sizes because no free spot was found).
+        clutter_size: Inclusive range of the fragment side in pixels.
+        seed: Non-negative seed; sample ``i`` depends only on ``(seed, split, i)``.
+        length: Use only the first ``length`` samples (``None``: the whole split).
+        normalize: Normalise with mean/std 0.5; otherwise values are in ``[0, 1]``.
+
+    Attributes:
+        classes: The ten class names.
+        targets: int64 labels of the used samples.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = DEFAULT_FMNIST_DIR,
+        split: str = "train",
+        img_size: int = 112,
+        scale: tuple[int, int] = (32, 64),
+        num_clutter: int = 8,
+        clutter_size: tuple[int, int] = (8, 14),
+        seed: int = 0,
+        length: int | None = None,
+        normalize: bool = True,
+    ) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'val'")
+        source, self._split_id = _SPLITS[split]
+        self.images, labels = load_fashion_mnist(root, source)
+        src_h, src_w = self.images.shape[1:]
+        if not 1 <= scale[0] <= scale[1] <= img_size:
+            raise ValueError(f"scale {scale} must satisfy 1 <= lo <= hi <= img_size={img_size}")
+        if num_clutter < 0:
+            raise ValueError(f"num_clutter must be >= 0, got {num_clutter}")
+        if not 1 <= clutter_size[0] <= clutter_size[1] <= min(src_h, src_w, img_size):
+            raise ValueError(
+                f"clutter_size {clutter_size} must satisfy 1 <= lo <= hi <= "
+                f"{min(src_h, src_w, img_size)} (source and canvas size)"
+            )
+        if num_clutter and len(self.images) < 2:
+            raise ValueError("clutter needs at least two source images")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if length is not None and length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        key = (str(Path(root).expanduser().resolve()), source)
+        if key not in _BOX_CACHE:
+            _BOX_CACHE[key] = content_boxes(self.images).tolist()  # lists: fast scalar access
+        self._boxes = _BOX_CACHE[key]
+        self.targets = labels[: length if length is not None else len(labels)]
+        self.split, self.img_size, self.scale = split, img_size, tuple(scale)
+        self.num_clutter, self.clutter_size = num_clutter, tuple(clutter_size)
+        self.seed, self.normalize = seed, normalize
+        self.classes = list(FASHION_MNIST_CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _index(self, i: int) -> int:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        return int(i) % len(self)
+
+    def _layout(self, i: int) -> tuple[tuple[int, int, int], list[tuple[int, ...]]]:
+        """Random layout of sample ``i``, a pure function of ``(seed, split, i)``.
+
+        Returns:
+            ``(side, x0, y0)`` of the garment and, per clutter fragment,
+            ``(source index, side, crop x, crop y, canvas x, canvas y)``.
+        """
+        rng = np.random.default_rng([self.seed, self._split_id, i])
+        size, k, tries = self.img_size, self.num_clutter, _PLACEMENT_TRIES
+        # one draw as Python floats: much cheaper than many small numpy operations
+        u = rng.random(3 + (4 + 2 * tries) * k).tolist()
+        lo, hi = self.scale
+        side = lo + int(u[0] * (hi - lo + 1))
+        gx, gy = int(u[1] * (size - side + 1)), int(u[2] * (size - side + 1))
+        n, (h, w), (lo, hi) = len(self.images), self.images.shape[1:], self.clutter_size
+        fragments = []
+        for f in range(k):
+            u_src, u_side, u_ox, u_oy, *u_pos = u[3 + (4 + 2 * tries) * f : 3 + (4 + 2 * tries) * (f + 1)]
+            j = int(u_src * (n - 1))
+            j += j >= i  # never the garment itself
+            c = lo + int(u_side * (hi - lo + 1))
+            x0, y0, x1, y1 = self._boxes[j]
+            # crop origin so the crop overlaps the source garment, often across an edge
+            ox = min(max(x0 - c // 2 + int(u_ox * (x1 - x0 + 1)), 0), w - c)
+            oy = min(max(y0 - c // 2 + int(u_oy * (y1 - y0 + 1)), 0), h - c)
+            for t in range(tries):  # first position that keeps the garment unoccluded
+                px, py = int(u_pos[2 * t] * (size - c + 1)), int(u_pos[2 * t + 1] * (size - c + 1))
+                if px + c <= gx or px >= gx + side or py + c <= gy or py >= gy + side:
+                    fragments.append((j, c, ox, oy, px, py))
+                    break
+        return (side, gx, gy), fragments
+
+    def box(self, i: int) -> tuple[int, int, int, int]:
+        """Pixel box ``(x0, y0, x1, y1)`` (exclusive ends) of the garment in sample ``i``.
+
+        The box is the garment's visible extent: the non-dark part of the source
+        image mapped through the resize, bilinear fringe included.
+        """
+        i = self._index(i)
+        (side, x, y), _ = self._layout(i)
+        bx0, by0, bx1, by1 = self._boxes[i]
+        h, w = self.images.shape[1:]
+        return (
+            x + _first_covered(bx0, w, side),
+            y + _first_covered(by0, h, side),
+            x + _end_covered(bx1, w, side),
+            y + _end_covered(by1, h, side),
+        )
+
+    def raw(self, i: int) -> np.ndarray:
+        """Render sample ``i`` as a uint8 ``(img_size, img_size)`` array."""
+        i = self._index(i)
+        (side, x, y), fragments = self._layout(i)
+        canvas = np.zeros((self.img_size, self.img_size), dtype=np.uint8)
+        for j, c, ox, oy, px, py in fragments:
+            patch = canvas[py : py + c, px : px + c]
+            np.maximum(patch, self.images[j, oy : oy + c, ox : ox + c], out=patch)
+        patch = canvas[y : y + side, x : x + side]
+        np.maximum(patch, resize_gray(self.images[i], side), out=patch)
+        return canvas
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return gray_to_tensor(self.raw(i), self.normalize), int(self.targets[i])
+
+
+def materialize(
+    dataset: Dataset, indices: Iterable[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-render a dataset into memory.
+
+    Args:
+        dataset: A dataset with ``raw(i)`` (uint8 ``(S, S)`` image), ``targets``
+            and ``img_size``, e.g. :class:`ClutteredFashionMNIST`.
+        indices: Samples to render (default: all, in order).
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, S, S)`` and int64 ``(N,)`` tensors,
+        ready for :class:`TensorImageDataset`.
+    """
+    idx = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    size = dataset.img_size
+    images = np.empty((len(idx), size, size), dtype=np.uint8)
+    labels = np.empty(len(idx), dtype=np.int64)
+    bar = tqdm(idx, desc="rendering", unit="img", disable=not sys.stderr.isatty(), leave=False)
+    for k, i in enumerate(bar):
+        images[k] = dataset.raw(i)
+        labels[k] = dataset.targets[i]
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+class TensorImageDataset(Dataset):
+    """Serve pre-rendered uint8 images as normalised float32 3-channel tensors.
+
+    Args:
+        images: uint8 ``(N, H, W)`` grayscale or ``(N, C, H, W)`` with C in {1, 3}.
+        labels: ``(N,)`` integer labels.
+        normalize: Normalise with mean/std 0.5; otherwise values are in ``[0, 1]``.
+        classes: Class names; default: Fashion-MNIST's if the labels fit, else
+            ``"0", "1", ...``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray | Sequence[int],
+        normalize: bool = True,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.images = torch.as_tensor(images)
+        self.targets = torch.as_tensor(labels, dtype=torch.int64)
+        if self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {self.images.dtype}")
+        if self.images.ndim not in (3, 4) or (self.images.ndim == 4 and self.images.shape[1] not in (1, 3)):
+            raise ValueError(f"images must be (N, H, W) or (N, C, H, W) with C in 1/3, got {tuple(self.images.shape)}")
+        if self.targets.shape != (len(self.images),):
+            raise ValueError(f"{len(self.images)} images but labels of shape {tuple(self.targets.shape)}")
+        if classes is None:
+            n = int(self.targets.max()) + 1 if len(self.targets) else 0
+            classes = FASHION_MNIST_CLASSES if n <= len(FASHION_MNIST_CLASSES) else [str(c) for c in range(n)]
+        self.classes = list(classes)
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return gray_to_tensor(self.images[i], self.normalize), int(self.targets[i])

@@ -1,0 +1,85 @@
+"""ImageNet-style image folders (``ROOT/<split>/<class>/*.jpg``) with timm transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+
+from .errors import DatasetNotFoundError
+
+
+def safe_loader(path: str):
+    """Open an image as RGB; an unreadable or corrupt file raises ``ValueError``.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        The decoded RGB image (a ``PIL.Image.Image``).
+
+    Raises:
+        ValueError: ``cannot read image PATH: REASON``.
+    """
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def build_imagefolder(
+    root: str | Path,
+    split: str,
+    img_size: int = 224,
+    is_training: bool = False,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+) -> ImageFolder:
+    """Build a torchvision ``ImageFolder`` over ``root/split`` with timm transforms.
+
+    Training uses timm's default light augmentation (random-resized crop,
+    horizontal flip, colour jitter, no RandAugment); evaluation resizes to
+    ``img_size / crop_pct`` and centre-crops. Both normalise with the ImageNet
+    mean/std.
+
+    Args:
+        root: Dataset root holding ``train/`` and ``val/``.
+        split: Sub-folder to read, e.g. ``"train"`` or ``"val"``.
+        img_size: Output side in pixels.
+        is_training: Use training augmentation.
+        crop_pct: Centre-crop fraction for evaluation (0.875 DeiT, 0.9 ViT).
+        interpolation: Resize interpolation name understood by timm.
+
+    Returns:
+        The dataset; ``classes`` lists the class folder names.
+
+    Raises:
+        DatasetNotFoundError: ``root`` or ``root/split`` does not exist.
+        ValueError: The split folder has no class sub-folders or no images.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder dataset root not found: {root}")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DatasetNotFoundError(
+            f"split folder not found: {split_dir} (expected {root}/{split}/<class>/<images>)"
+        )
+    if not any(p.is_dir() for p in split_dir.iterdir()):
+        raise ValueError(f"no class sub-folders in {split_dir} (expected {split_dir}/<class>/<images>)")
+    transform = create_transform(
+        img_size,
+        is_training=is_training,
+        interpolation=interpolation,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        crop_pct=crop_pct,
+    )
+    try:
+        return ImageFolder(str(split_dir), transform=transform, loader=safe_loader)
+    except FileNotFoundError as err:  # torchvision: no valid image in any class folder
+        raise ValueError(
+            f"no images in {split_dir} (extensions: {', '.join(IMG_EXTENSIONS)}): {err}"
+        ) from err
