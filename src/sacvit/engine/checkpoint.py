@@ -1,0 +1,234 @@
+"""Self-describing checkpoints: safetensors weights + JSON metadata, and a training-state sidecar.
+
+A checkpoint ``NAME.safetensors`` holds the model weights and, in the safetensors header
+metadata, everything needed to rebuild the model with ``timm.create_model``: the model name, its
+keyword arguments, the SAC-ViT configuration (or none for a plain ViT), the class names, the
+number of finished epochs and the metrics of that epoch. When an optimizer is given, a sidecar
+``NAME.state.pt`` holds the optimizer, scheduler and RNG states; it contains only tensors and
+plain Python values and is always read with ``torch.load(weights_only=True)``.
+
+Every file is written to a temporary name in the same folder, flushed to disk and moved into
+place with :func:`os.replace`, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import SACConfig
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "FORMAT",
+    "load_checkpoint",
+    "load_training_state",
+    "read_metadata",
+    "save_checkpoint",
+    "state_path",
+]
+
+FORMAT = "sacvit-checkpoint/1"
+
+
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """A checkpoint file is missing (both a ``FileNotFoundError`` and a ``ValueError``)."""
+
+
+def state_path(path: str | Path) -> Path:
+    """The training-state sidecar of a checkpoint: ``last.safetensors`` → ``last.state.pt``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".safetensors") + ".state.pt")
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_name)`` then move the finished file to ``path`` (same folder, atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    sac_cfg: SACConfig | dict[str, Any] | None,
+    class_names: list[str],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    epoch: int = 0,
+    extra_metrics: dict[str, Any] | None = None,
+    extra_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and metadata to ``path`` (safetensors), atomically.
+
+    Args:
+        path: Destination, conventionally ``*.safetensors``.
+        model: The model (a DDP wrapper is unwrapped).
+        model_name: timm name to rebuild it with, e.g. ``"sacvit_demo_patch8_112"``.
+        model_kwargs: ``timm.create_model`` keyword arguments except ``sac`` (JSON-serialisable).
+        sac_cfg: The SAC-ViT configuration, or ``None`` for a plain ViT.
+        class_names: Class names, index = class id.
+        optimizer: If given, a sidecar :func:`state_path` with the optimizer state is written.
+        scheduler: LR scheduler whose ``state_dict`` goes into the sidecar.
+        epoch: Number of finished training epochs.
+        extra_metrics: JSON-serialisable metrics stored in the metadata.
+        extra_state: More sidecar entries (tensors and plain Python values only), e.g. RNG states.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if isinstance(sac_cfg, SACConfig):
+        sac_cfg = sac_cfg.to_dict()
+    metadata = {
+        "format": FORMAT,
+        "model_name": model_name,
+        "model_kwargs": json.dumps(model_kwargs),
+        "sac_config": json.dumps(sac_cfg),
+        "class_names": json.dumps(list(class_names)),
+        "epoch": str(int(epoch)),
+        "metrics": json.dumps(extra_metrics or {}),
+    }
+    if optimizer is not None:
+        state: dict[str, Any] = {"format": FORMAT, "epoch": int(epoch), "optimizer": optimizer.state_dict(),
+                                 "scheduler": None if scheduler is None else scheduler.state_dict()}
+        state.update(extra_state or {})
+        _atomic_write(state_path(path), lambda tmp: torch.save(state, tmp))
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=metadata))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded metadata of a sacvit checkpoint, without loading the weights.
+
+    Returns:
+        ``model_name``, ``model_kwargs``, ``sac_config`` (dict or ``None``), ``class_names``,
+        ``epoch``, ``metrics`` and ``path``.
+
+    Raises:
+        CheckpointNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a readable sacvit checkpoint (message names the path).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # not safetensors, truncated header, …
+        raise ValueError(f"{path} is not a sacvit checkpoint (cannot read a safetensors header: {err})") from err
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a sacvit checkpoint (no '{FORMAT}' metadata; "
+                         f"for backbone weights such as DeiT use --init instead)")
+    try:
+        return {
+            "model_name": raw["model_name"],
+            "model_kwargs": json.loads(raw["model_kwargs"]),
+            "sac_config": json.loads(raw["sac_config"]),
+            "class_names": json.loads(raw["class_names"]),
+            "epoch": int(raw["epoch"]),
+            "metrics": json.loads(raw["metrics"]),
+            "path": str(path),
+        }
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{path}: corrupt sacvit checkpoint metadata ({err!r})") from err
+
+
+def load_checkpoint(
+    path: str | Path, expected_model: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: The ``.safetensors`` checkpoint.
+        expected_model: If given, the timm model name the checkpoint must be for.
+        map_location: Device of the returned model.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode with the weights loaded, and the metadata of
+        :func:`read_metadata`.
+
+    Raises:
+        CheckpointNotFoundError: ``path`` does not exist.
+        ValueError: Not a sacvit checkpoint, a checkpoint for another model than
+            ``expected_model``, or weights that do not fit the model; the message names the path.
+    """
+    import timm
+
+    import sacvit  # noqa: F401  (registers the sacvit_* models with timm)
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    name = meta["model_name"]
+    if expected_model is not None and name != expected_model:
+        raise ValueError(f"{path} is a checkpoint for model {name!r}, not {expected_model!r}")
+    kwargs = dict(meta["model_kwargs"])
+    if meta["sac_config"] is not None:
+        kwargs["sac"] = SACConfig.from_dict(meta["sac_config"])
+    try:
+        model = timm.create_model(name, **kwargs)
+    except RuntimeError as err:  # timm: unknown model name
+        raise ValueError(f"{path}: cannot create model {name!r}: {err}") from err
+    try:
+        weights = load_file(str(path))
+        model.load_state_dict(weights, strict=True)
+    except Exception as err:
+        raise ValueError(f"{path}: weights do not fit model {name!r}: {err}") from err
+    return model.to(map_location).eval(), meta
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read the training-state sidecar of checkpoint ``path`` (``weights_only=True``).
+
+    Raises:
+        CheckpointNotFoundError: The sidecar is missing.
+        ValueError: It is unreadable or does not belong to the checkpoint's epoch.
+    """
+    side = state_path(path)
+    if not side.is_file():
+        raise CheckpointNotFoundError(f"training state not found: {side} (needed to resume {path})")
+    try:
+        state = torch.load(side, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read training state {side}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{side} is not a sacvit training state")
+    epoch = read_metadata(path)["epoch"]
+    if state.get("epoch") != epoch:
+        raise ValueError(f"{side} is for epoch {state.get('epoch')} but {path} for epoch {epoch}; "
+                         f"the run was interrupted while saving — restore a consistent pair")
+    return state

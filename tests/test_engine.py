@@ -1,0 +1,299 @@
+"""Engine: checkpoints, the training loop (resume, DDP equivalence), evaluation, CLI behaviour.
+
+Everything runs on a 32-px, patch-4, width-32, depth-2 model and a synthetic 4-class dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import sacvit  # noqa: F401
+import sacvit.cli
+from sacvit.engine import train as train_mod
+from sacvit.engine.checkpoint import (
+    load_checkpoint,
+    load_training_state,
+    read_metadata,
+    save_checkpoint,
+    state_path,
+)
+from sacvit.engine.evaluate import SAC_ONLY, evaluate, write_results
+from sacvit.engine.train import TrainConfig, build_split, train
+
+SAC_NAME, PLAIN_NAME = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
+KW = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+SAC = dict(window=3, gca_start=1)
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def tiny_model(name: str = SAC_NAME, num_classes: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    extra = {"sac": SAC} if name.startswith("sacvit_") else {}
+    return timm.create_model(name, num_classes=num_classes, **KW, **extra)
+
+
+def tiny_cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(model=SAC_NAME, model_kwargs=KW, data="synthetic", train_length=64, val_length=32, epochs=2,
+                batch_size=16, lr=2e-3, warmup_epochs=0.5, drop_path=0.0, sac=SAC, select_after=0.5,
+                out_dir=str(out), threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def save_tiny(path: Path, name: str = SAC_NAME, **kw) -> torch.nn.Module:
+    model = tiny_model(name)
+    save_checkpoint(path, model, model_name=name, model_kwargs={**KW, "num_classes": 4},
+                    sac_cfg=getattr(model, "sac_cfg", None), class_names=list("abcd"), epoch=3,
+                    extra_metrics={"val_top1": 50.0}, **kw)
+    return model
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(s) for s in path.read_text().splitlines()]
+
+
+def available_commands() -> dict[str, str]:
+    return {k: v for k, v in sacvit.cli.COMMANDS.items() if importlib.util.find_spec(v) is not None}
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "model.safetensors"
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32))[1].sum().backward()
+    opt.step()
+    save_checkpoint(path, model, model_name=SAC_NAME, model_kwargs={**KW, "num_classes": 4}, sac_cfg=model.sac_cfg,
+                    class_names=list("abcd"), optimizer=opt, epoch=3, extra_metrics={"val_top1_sac": 12.5})
+    loaded, meta = load_checkpoint(path, expected_model=SAC_NAME)
+    assert type(loaded) is type(model) and loaded.sac_cfg == model.sac_cfg
+    own = model.state_dict()
+    assert loaded.state_dict().keys() == own.keys()
+    assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
+    assert meta["class_names"] == list("abcd") and meta["epoch"] == 3
+    assert meta["metrics"] == {"val_top1_sac": 12.5} and meta["model_kwargs"]["embed_dim"] == 32
+    state = load_training_state(path)
+    ref = opt.state_dict()["state"]
+    assert all(torch.equal(state["optimizer"]["state"][i]["exp_avg"], ref[i]["exp_avg"]) for i in ref)
+
+
+def test_plain_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    model = save_tiny(path, PLAIN_NAME)
+    loaded, meta = load_checkpoint(path)
+    assert meta["sac_config"] is None and not hasattr(loaded, "sac_cfg")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_atomic_save_leaves_no_tmp_and_survives_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_tiny(path, optimizer=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "last.state.pt"]
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_tiny(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "last.state.pt"]
+    assert read_metadata(path)["epoch"] == 3
+
+
+def test_checkpoint_for_another_model_names_the_path(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_tiny(path, PLAIN_NAME)
+    with pytest.raises(ValueError, match="deit_demo_patch8_112") as err:
+        load_checkpoint(path, expected_model=SAC_NAME)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "missing"])
+def test_bad_checkpoint_file_is_a_value_error(tmp_path, kind):
+    path = tmp_path / "bad.safetensors"
+    if kind == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        save_tiny(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":  # a valid safetensors file without sacvit metadata (e.g. timm DeiT weights)
+        from safetensors.torch import save_file
+
+        save_file({"cls_token": torch.zeros(1, 1, 32)}, str(path))
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ training
+def test_train_resume_and_evaluate(tmp_path, capsys):
+    run = tmp_path / "sac"
+    ckpt = train(tiny_cfg(run))
+    assert ckpt == run / "last.safetensors" and ckpt.is_file() and state_path(ckpt).is_file()
+    records = lines(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_loss", "lr", "val_top1_ee", "val_top1_sac", "seconds"} <= records[0].keys()
+    steps = records[-1]["steps"]
+    assert load_training_state(ckpt)["scheduler"]["last_epoch"] == steps
+
+    train(tiny_cfg(run, epochs=3, resume=True))
+    records = lines(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    state = load_training_state(ckpt)
+    assert records[-1]["steps"] == 3 * steps // 2
+    assert state["scheduler"]["last_epoch"] == records[-1]["steps"]
+    assert all(s["step"] == records[-1]["steps"] for s in state["optimizer"]["state"].values())  # continued
+
+    base = train(tiny_cfg(tmp_path / "plain", model=PLAIN_NAME, sac={}, select_after=None, epochs=1))
+    assert "val_top1" in lines(tmp_path / "plain" / "metrics.jsonl")[0]
+    data = build_split("synthetic", None, "val", 32, 32)
+    rows = evaluate(ckpt, data, [0.3, 0.6], batch_size=16, baseline=base, timing_batches=1)
+    assert [r["mode"] for r in rows] == ["sacvit", "sacvit", "ee_only", "sac_only", "baseline"]
+    assert rows[2]["exit_share"] == 1.0 and rows[3]["exit_share"] == 0.0
+    assert rows[2]["gmacs"] < rows[0]["gmacs"] <= rows[3]["gmacs"]
+    model, _ = load_checkpoint(ckpt)
+    x = torch.stack([data[i][0] for i in range(32)])
+    y = torch.tensor([data[i][1] for i in range(32)])
+    for row in rows[:4]:  # the one-pass sweep agrees with predict(x, η)
+        pred = model.predict(x, row["threshold"])
+        assert row["top1"] == pytest.approx(100 * (pred.logits.argmax(-1) == y).double().mean().item())
+        assert row["exit_share"] == pytest.approx((pred.stage == 0).double().mean().item())
+    paths = write_results(rows, tmp_path / "eval")
+    table = capsys.readouterr().out
+    assert "EE only" in table and "SAC only" in table and "baseline" in table
+    with open(paths["csv"]) as f:
+        assert [r["mode"] for r in csv.DictReader(f)] == [r["mode"] for r in rows]
+    assert paths["png"].stat().st_size > 0
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    noisy = dict(epochs=3, drop_path=0.1, mixup=0.8, cutmix=1.0)  # RNG states must be restored too
+    straight = train(tiny_cfg(tmp_path / "a", **noisy))
+    real_save = train_mod.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tmp_path / "b", **noisy))
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert len(lines(tmp_path / "b" / "metrics.jsonl")) == 1  # crashed before logging epoch 2
+    resumed = train(tiny_cfg(tmp_path / "b", **noisy, resume=True))
+    a, b = load_checkpoint(straight)[0].state_dict(), load_checkpoint(resumed)[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    la, lb = lines(tmp_path / "a" / "metrics.jsonl"), lines(tmp_path / "b" / "metrics.jsonl")
+    assert [r["train_loss"] for r in la] == pytest.approx([r["train_loss"] for r in lb], rel=1e-6)
+
+
+def test_ddp_matches_single_process(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["train", "--model", SAC_NAME, "--model-kwargs", json.dumps(KW), "--data", "synthetic",
+            "--train-length", "64", "--val-length", "32", "--epochs", "2", "--batch-size", "16", "--lr", "2e-3",
+            "--warmup-epochs", "0.5", "--drop-path", "0", "--sac", json.dumps(SAC), "--select-after", "0.5",
+            "--log-every", "1", "--out-dir", str(tmp_path / "ddp")]
+    if available_commands() == sacvit.cli.COMMANDS:
+        entry = ["-m", "sacvit.cli"]
+    else:  # some commands are not written yet: the same CLI without them
+        launcher = tmp_path / "launch.py"
+        launcher.write_text("import importlib.util, sys\nimport sacvit.cli as cli\n"
+                            "cli.COMMANDS = {k: v for k, v in cli.COMMANDS.items() if importlib.util.find_spec(v)}\n"
+                            "sys.exit(cli.main())\n")
+        entry = [str(launcher)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *entry, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    train(tiny_cfg(tmp_path / "single", log_every=1))
+    ddp, single = lines(tmp_path / "ddp" / "steps.jsonl"), lines(tmp_path / "single" / "steps.jsonl")
+    assert len(ddp) == len(single) == 8
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=1e-4)
+    e_ddp, e_single = lines(tmp_path / "ddp" / "metrics.jsonl"), lines(tmp_path / "single" / "metrics.jsonl")
+    assert [r["train_loss"] for r in e_ddp] == pytest.approx([r["train_loss"] for r in e_single], rel=1e-4)
+    assert e_ddp[-1]["val_top1_sac"] == pytest.approx(e_single[-1]["val_top1_sac"])
+
+
+# ------------------------------------------------------------------------------------ CLI
+KEY_OPTIONS = {
+    "train": ["--model", "--data", "--data-dir", "--epochs", "--batch-size", "--lr", "--init", "--resume",
+              "--select-after", "--out-dir", "torchrun"],
+    "eval": ["--checkpoint", "--baseline", "--thresholds", "--data", "--out"],
+}
+
+
+@pytest.mark.parametrize("command", list(sacvit.cli.COMMANDS))
+def test_every_command_has_help(command, capsys):
+    module = pytest.importorskip(sacvit.cli.COMMANDS[command])
+    parser = argparse.ArgumentParser(prog="sacvit")
+    module.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit) as done:
+        parser.parse_args([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for option in KEY_OPTIONS.get(command, ["--help"]):
+        assert option in text, f"`sacvit {command} --help` does not mention {option}"
+
+
+def _cli_error(argv: list[str], capsys, monkeypatch) -> str:
+    monkeypatch.setattr(sacvit.cli, "COMMANDS", available_commands())
+    assert sacvit.cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_cli_missing_or_empty_dataset(tmp_path, folder, capsys, monkeypatch):
+    data = tmp_path / "imagenet"
+    if folder == "empty":
+        data.mkdir()
+    err = _cli_error(["train", "--model", PLAIN_NAME, "--data", "imagefolder", "--data-dir", str(data),
+                      "--out-dir", str(tmp_path / "run")], capsys, monkeypatch)
+    assert str(data) in err
+
+
+def test_cli_checkpoint_for_another_model(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    save_tiny(run / "last.safetensors", PLAIN_NAME)
+    err = _cli_error(["train", "--model", SAC_NAME, "--model-kwargs", json.dumps(KW), "--data", "synthetic",
+                      "--out-dir", str(run), "--resume"], capsys, monkeypatch)
+    assert str(run / "last.safetensors") in err
+    err = _cli_error(["eval", "--checkpoint", str(run / "last.safetensors"), "--model", SAC_NAME,
+                      "--data", "synthetic", "--out", str(tmp_path / "eval")], capsys, monkeypatch)
+    assert str(run / "last.safetensors") in err
+    missing = tmp_path / "nope.safetensors"
+    assert str(missing) in _cli_error(["eval", "--checkpoint", str(missing), "--data", "synthetic"], capsys, monkeypatch)
+
+
+# ------------------------------------------------------------------------------------ viz
+@pytest.mark.parametrize("threshold", [0.0, SAC_ONLY])
+def test_plot_clusters_writes_png(tmp_path, threshold):
+    from sacvit.viz import plot_clusters
+
+    data = build_split("synthetic", None, "val", 32, 6)
+    x = torch.stack([data[i][0] for i in range(6)])
+    out = plot_clusters(tiny_model(), x, data.images[:6], tmp_path / "fig" / "clusters.png", threshold,
+                        labels=data.targets[:6], class_names=data.classes)
+    assert out.is_file() and out.stat().st_size > 1000
