@@ -82,8 +82,10 @@ def build_dataset(
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     size = img_size if img_size is not None else _DEFAULT_SIZE[name]
     if name == "cluttered-fmnist":
+        # the dataset is drawn at 112 px; a smaller size is that image downsampled (the EE view)
         return ClutteredFashionMNIST(
-            root if root is not None else DEFAULT_FMNIST_DIR, split, img_size=size, seed=seed, length=length
+            root if root is not None else DEFAULT_FMNIST_DIR, split, img_size=size, canvas=max(size, 112),
+            seed=seed, length=length,
         )
     if name == "fmnist":
         return FashionMNIST(root if root is not None else DEFAULT_FMNIST_DIR, split, img_size=size, length=length)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -90,7 +91,10 @@ class ClutteredFashionMNIST(Dataset):
         root: Folder holding the Fashion-MNIST idx files.
         split: ``"train"`` (from the 60k train split) or ``"val"`` (from the 10k
             test split; ``"test"`` is accepted as an alias).
-        img_size: Canvas side in pixels.
+        img_size: Output side in pixels.
+        canvas: Side of the canvas the layout is drawn on (default ``img_size``). A smaller
+            ``img_size`` is the canvas resized (bilinear, antialiased, as SAC-ViT's EE stage
+            downsamples), so ``img_size=56, canvas=112`` is the EE view of the 112-px data.
         scale: Inclusive range of the garment side in pixels.
         num_clutter: Number of clutter fragments per image (about 2% are dropped
             at the default sizes because no free spot was found).
@@ -104,11 +108,14 @@ class ClutteredFashionMNIST(Dataset):
         targets: int64 labels of the used samples.
     """
 
+    VERSION = 1  # bump when the layout or rendering changes: it keys the pre-render caches
+
     def __init__(
         self,
         root: str | Path = DEFAULT_FMNIST_DIR,
         split: str = "train",
         img_size: int = 112,
+        canvas: int | None = None,
         scale: tuple[int, int] = (32, 64),
         num_clutter: int = 8,
         clutter_size: tuple[int, int] = (8, 14),
@@ -121,14 +128,17 @@ class ClutteredFashionMNIST(Dataset):
         source, self._split_id = _SPLITS[split]
         self.images, labels = load_fashion_mnist(root, source)
         src_h, src_w = self.images.shape[1:]
-        if not 1 <= scale[0] <= scale[1] <= img_size:
-            raise ValueError(f"scale {scale} must satisfy 1 <= lo <= hi <= img_size={img_size}")
+        canvas = img_size if canvas is None else canvas
+        if not 1 <= img_size <= canvas:
+            raise ValueError(f"img_size={img_size} must be between 1 and the canvas side {canvas}")
+        if not 1 <= scale[0] <= scale[1] <= canvas:
+            raise ValueError(f"scale {scale} must satisfy 1 <= lo <= hi <= canvas={canvas}")
         if num_clutter < 0:
             raise ValueError(f"num_clutter must be >= 0, got {num_clutter}")
-        if not 1 <= clutter_size[0] <= clutter_size[1] <= min(src_h, src_w, img_size):
+        if not 1 <= clutter_size[0] <= clutter_size[1] <= min(src_h, src_w, canvas):
             raise ValueError(
                 f"clutter_size {clutter_size} must satisfy 1 <= lo <= hi <= "
-                f"{min(src_h, src_w, img_size)} (source and canvas size)"
+                f"{min(src_h, src_w, canvas)} (source and canvas size)"
             )
         if num_clutter and len(self.images) < 2:
             raise ValueError("clutter needs at least two source images")
@@ -141,7 +151,7 @@ class ClutteredFashionMNIST(Dataset):
             _BOX_CACHE[key] = content_boxes(self.images).tolist()  # lists: fast scalar access
         self._boxes = _BOX_CACHE[key]
         self.targets = labels[: length if length is not None else len(labels)]
-        self.split, self.img_size, self.scale = split, img_size, tuple(scale)
+        self.split, self.img_size, self.canvas, self.scale = split, img_size, canvas, tuple(scale)
         self.num_clutter, self.clutter_size = num_clutter, tuple(clutter_size)
         self.seed, self.normalize = seed, normalize
         self.classes = list(FASHION_MNIST_CLASSES)
@@ -162,7 +172,7 @@ class ClutteredFashionMNIST(Dataset):
             ``(source index, side, crop x, crop y, canvas x, canvas y)``.
         """
         rng = np.random.default_rng([self.seed, self._split_id, i])
-        size, k, tries = self.img_size, self.num_clutter, _PLACEMENT_TRIES
+        size, k, tries = self.canvas, self.num_clutter, _PLACEMENT_TRIES
         # one draw as Python floats: much cheaper than many small numpy operations
         u = rng.random(3 + (4 + 2 * tries) * k).tolist()
         lo, hi = self.scale
@@ -196,24 +206,32 @@ class ClutteredFashionMNIST(Dataset):
         (side, x, y), _ = self._layout(i)
         bx0, by0, bx1, by1 = self._boxes[i]
         h, w = self.images.shape[1:]
-        return (
+        box = (
             x + _first_covered(bx0, w, side),
             y + _first_covered(by0, h, side),
             x + _end_covered(bx1, w, side),
             y + _end_covered(by1, h, side),
         )
+        if self.img_size == self.canvas:
+            return box
+        f = self.img_size / self.canvas
+        return (int(box[0] * f), int(box[1] * f), math.ceil(box[2] * f), math.ceil(box[3] * f))
 
     def raw(self, i: int) -> np.ndarray:
         """Render sample ``i`` as a uint8 ``(img_size, img_size)`` array."""
         i = self._index(i)
         (side, x, y), fragments = self._layout(i)
-        canvas = np.zeros((self.img_size, self.img_size), dtype=np.uint8)
+        canvas = np.zeros((self.canvas, self.canvas), dtype=np.uint8)
         for j, c, ox, oy, px, py in fragments:
             patch = canvas[py : py + c, px : px + c]
             np.maximum(patch, self.images[j, oy : oy + c, ox : ox + c], out=patch)
         patch = canvas[y : y + side, x : x + side]
         np.maximum(patch, resize_gray(self.images[i], side), out=patch)
-        return canvas
+        if self.img_size == self.canvas:
+            return canvas
+        small = F.interpolate(torch.from_numpy(canvas)[None, None].float(), size=(self.img_size,) * 2,
+                              mode="bilinear", antialias=True, align_corners=False)
+        return small[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return gray_to_tensor(self.raw(i), self.normalize), int(self.targets[i])

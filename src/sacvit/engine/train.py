@@ -218,7 +218,8 @@ def build_split(
         raise ValueError(f"dataset {name!r} split {split!r} at {root} has no images")
     if materialize and hasattr(ds, "raw"):
         tag = hashlib.sha1(str(Path(root).resolve() if root else "default").encode()).hexdigest()[:8]
-        key = f"{name}_{split}_{img_size}px_seed{seed}_n{len(ds)}_{tag}"
+        layout = f"canvas{getattr(ds, 'canvas', img_size)}_v{getattr(ds, 'VERSION', 0)}"
+        key = f"{name}_{split}_{img_size}px_{layout}_seed{seed}_n{len(ds)}_{tag}"
         return _materialized(ds, key, cache_dir, main, world)
     return ds
 
