@@ -211,6 +211,23 @@ def test_materialize_matches_getitem(fmnist_dir: Path) -> None:
     assert plain[0][0].max() <= 1.0 and plain[0][0].min() >= 0.0
 
 
+def test_smaller_size_is_the_canvas_downsampled(fmnist_dir: Path) -> None:
+    """img_size < canvas: the same layout, resized as SAC-ViT's EE stage resizes (batched or not)."""
+    big = ClutteredFashionMNIST(fmnist_dir, img_size=64, scale=(24, 40))
+    small = ClutteredFashionMNIST(fmnist_dir, img_size=32, canvas=64, scale=(24, 40))
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(big.raw(3))[None, None].float(), size=(32, 32), mode="bilinear", antialias=True
+    )[0, 0].round().to(torch.uint8)
+    assert torch.equal(torch.from_numpy(small.raw(3)), expected)
+    images, _ = materialize(small)
+    assert images.shape == (20, 32, 32)
+    assert all(torch.equal(images[i], torch.from_numpy(small.raw(i))) for i in range(20))
+    x0, y0, x1, y1 = big.box(3)
+    assert small.box(3) == (x0 // 2, y0 // 2, -(-x1 // 2), -(-y1 // 2))
+    with pytest.raises(ValueError, match="canvas"):
+        ClutteredFashionMNIST(fmnist_dir, img_size=64, canvas=32, scale=(8, 16), clutter_size=(4, 8))
+
+
 # --- image folders ----------------------------------------------------------------------
 
 

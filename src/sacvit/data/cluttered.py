@@ -219,6 +219,13 @@ class ClutteredFashionMNIST(Dataset):
 
     def raw(self, i: int) -> np.ndarray:
         """Render sample ``i`` as a uint8 ``(img_size, img_size)`` array."""
+        canvas = self.raw_canvas(i)
+        if self.img_size == self.canvas:
+            return canvas
+        return _downsample(torch.from_numpy(canvas)[None], self.img_size)[0].numpy()
+
+    def raw_canvas(self, i: int) -> np.ndarray:
+        """Render sample ``i`` at the canvas size, as a uint8 ``(canvas, canvas)`` array."""
         i = self._index(i)
         (side, x, y), fragments = self._layout(i)
         canvas = np.zeros((self.canvas, self.canvas), dtype=np.uint8)
@@ -227,14 +234,17 @@ class ClutteredFashionMNIST(Dataset):
             np.maximum(patch, self.images[j, oy : oy + c, ox : ox + c], out=patch)
         patch = canvas[y : y + side, x : x + side]
         np.maximum(patch, resize_gray(self.images[i], side), out=patch)
-        if self.img_size == self.canvas:
-            return canvas
-        small = F.interpolate(torch.from_numpy(canvas)[None, None].float(), size=(self.img_size,) * 2,
-                              mode="bilinear", antialias=True, align_corners=False)
-        return small[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+        return canvas
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return gray_to_tensor(self.raw(i), self.normalize), int(self.targets[i])
+
+
+def _downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of uint8 ``(N, S, S)`` images to ``size`` (SAC-ViT's EE resize)."""
+    small = F.interpolate(images[:, None].float(), size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return small[:, 0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 def materialize(
@@ -253,13 +263,21 @@ def materialize(
     """
     idx = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     size = dataset.img_size
-    images = np.empty((len(idx), size, size), dtype=np.uint8)
+    # a dataset drawn on a larger canvas is rendered there and downsampled in batches
+    canvas = getattr(dataset, "canvas", size)
+    render = dataset.raw_canvas if canvas != size else dataset.raw
+    images = torch.empty((len(idx), size, size), dtype=torch.uint8)
     labels = np.empty(len(idx), dtype=np.int64)
+    chunk = np.empty((min(len(idx), 1024), canvas, canvas), dtype=np.uint8)
     bar = tqdm(idx, desc="rendering", unit="img", disable=not sys.stderr.isatty(), leave=False)
     for k, i in enumerate(bar):
-        images[k] = dataset.raw(i)
+        chunk[k % len(chunk)] = render(i)
         labels[k] = dataset.targets[i]
-    return torch.from_numpy(images), torch.from_numpy(labels)
+        if k % len(chunk) == len(chunk) - 1 or k == len(idx) - 1:
+            n = k % len(chunk) + 1
+            block = torch.from_numpy(chunk[:n])
+            images[k + 1 - n : k + 1] = _downsample(block, size) if canvas != size else block
+    return images, torch.from_numpy(labels)
 
 
 class TensorImageDataset(Dataset):

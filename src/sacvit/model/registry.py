@@ -18,6 +18,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from ..config import SACConfig
 from .sacvit import SACViT
 
 __all__ = ["read_state_dict", "load_backbone_weights"]
@@ -105,7 +106,7 @@ default_cfgs = generate_default_cfgs({
     "deit_demo_patch8_112.untrained": _cfg(**_DEMO),
 })
 
-DEMO_ARGS = dict(img_size=112, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=10)
+DEMO_ARGS = dict(img_size=112, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
 
 
 def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
@@ -150,7 +151,12 @@ def sacvit_deit_small_patch16_288(pretrained: bool = False, **kwargs: Any) -> SA
 
 @register_model
 def sacvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> SACViT:
-    """CPU demo SAC-ViT: 112 px full / 56 px EE at patch 8 keeps the paper's 14×14 / 7×7 geometry."""
+    """CPU demo SAC-ViT: 112 px full / 56 px EE at patch 8 keeps the paper's 14×14 / 7×7 geometry.
+
+    Its 4 blocks accumulate the global class attention from block 1 (DeiT's 12 blocks: from 3).
+    """
+    if not isinstance(kwargs.get("sac"), SACConfig):
+        kwargs["sac"] = {"gca_start": 1, **(kwargs.get("sac") or {})}
     return _create("sacvit_demo_patch8_112", SACViT, pretrained, **dict(DEMO_ARGS, **kwargs))
 
 
