@@ -37,7 +37,8 @@ class DemoConfig:
     out: str = "runs/demo"
     data_dir: str | None = None
     pretrain_epochs: int = 3
-    train_length: int = 60_000
+    pretrain_length: int = 60_000
+    train_length: int = 24_000
     val_length: int = 2_000
     epochs: int = 1
     batch_size: int = 64
@@ -101,7 +102,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     pretrained = _train_or_reuse("deit_demo_patch8_112", out / "pretrain", cfg, cfg.pretrain_epochs,
-                                 img_size=56, model_kwargs={"img_size": 56})
+                                 img_size=56, model_kwargs={"img_size": 56}, train_length=cfg.pretrain_length)
     init = str(pretrained)
     baseline = _train_or_reuse("deit_demo_patch8_112", out / "baseline", cfg, cfg.epochs, init=init)
     sacvit = _train_or_reuse("sacvit_demo_patch8_112", out / "sacvit", cfg, cfg.epochs, init=init,
@@ -138,8 +139,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--data-dir", default=None,
                    help="folder with the Fashion-MNIST idx files (default /usr/share/datasets/fashion-mnist, "
                         "from Debian's dataset-fashion-mnist)")
+    p.add_argument("--pretrain-length", type=int, default=d.pretrain_length,
+                   help=f"training images of the 56-px pretraining (default {d.pretrain_length})")
     p.add_argument("--train-length", type=int, default=d.train_length,
-                   help=f"training images rendered (default {d.train_length})")
+                   help=f"training images of each 112-px fine-tuning (default {d.train_length})")
     p.add_argument("--val-length", type=int, default=d.val_length, help=f"validation images (default {d.val_length})")
     p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs,
                    help=f"epochs of the 56-px pretraining (default {d.pretrain_epochs})")
@@ -161,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ValueError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from err
     run_demo(DemoConfig(out=args.out, data_dir=args.data_dir, train_length=args.train_length,
+                        pretrain_length=args.pretrain_length,
                         val_length=args.val_length, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, thresholds=thresholds, tolerance=args.tolerance))
     return 0
