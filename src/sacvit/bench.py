@@ -839,8 +839,8 @@ examples:
       112 px, SAC-ViT at exit shares 0.9/0.77/0.5, ToMe r=4,8,13, EViT keep=0.9,0.7,0.5.
   sacvit bench --exit-share 0.77 --methods deit,sacvit --profile --repeats 20 --threads 8
       only the baseline and SAC-ViT at the paper's exit share, plus the per-part time split.
-  sacvit bench --checkpoint runs/demo/sacvit/best.safetensors \\
-      --baseline-checkpoint runs/demo/deit/best.safetensors --data cluttered-fmnist \\
+  sacvit bench --checkpoint runs/demo/sacvit/last.safetensors \\
+      --baseline-checkpoint runs/demo/baseline/last.safetensors --data cluttered-fmnist \\
       --data-dir /usr/share/datasets/fashion-mnist --limit 2000 --thresholds 0.6,0.76,0.9
       trained models: timing on dataset images, plus top-1 on 2000 validation images.
   sacvit bench --device cuda --amp bf16 --compile --batch 256
@@ -875,11 +875,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--num-heads", type=int, help="override the attention heads (must divide the width), e.g. 2")
     g.add_argument("--num-classes", type=int, help="override the classifier size, e.g. --num-classes 10")
     g.add_argument("--checkpoint", help="trained SAC-ViT checkpoint (.safetensors from sacvit train) "
-                                        "instead of random weights, e.g. runs/demo/sacvit/best.safetensors")
+                                        "instead of random weights, e.g. runs/demo/sacvit/last.safetensors")
     g.add_argument("--baseline-checkpoint",
                    help="trained plain-ViT checkpoint for the deit/ToMe/EViT rows (needs --checkpoint; "
                         "without it those rows use the SAC-ViT's own backbone weights), "
-                        "e.g. runs/demo/deit/best.safetensors")
+                        "e.g. runs/demo/baseline/last.safetensors")
     g = p.add_argument_group("data (default: random images)")
     g.add_argument("--data", choices=("cluttered-fmnist", "fmnist", "imagefolder"),
                    help="labelled dataset: timing uses its first --batch images and top-1 is reported, "

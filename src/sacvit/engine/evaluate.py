@@ -205,7 +205,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str | None) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "accuracy vs. compute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
