@@ -72,8 +72,8 @@ COLUMNS = (
 #: Parts of :func:`profile_parts`, in execution order.
 PART_NAMES = ("ee", "cluster", "reuse", "tokens", "sac_blocks", "head")
 PART_LABELS = {
-    "ee": "EE stage (downsample, blocks, GCA, head, exit decision, compaction)",
-    "cluster": "clustering (window + token indices)",
+    "ee": "EE stage (input check, downsample, blocks, GCA, head)",
+    "cluster": "exit decision, batch compaction, clustering (window + token indices)",
     "reuse": "feature-reuse MLP on the EE tokens",
     "tokens": "crop + re-embed + token assembly",
     "sac_blocks": "SAC blocks (cluster attention)",
@@ -318,59 +318,49 @@ class _Clock:
         self.t = now
 
 
-@torch.no_grad()
-def _predict_instrumented(model: nn.Module, x: Tensor, threshold: float, clock: _Clock) -> Any:
-    """``SACViT.predict`` step by step with a synchronised lap after each part (same result)."""
-    from .model.sacvit import Prediction
+#: The stage methods of ``SACViT.predict``, each ending the lap of the part it completes.
+_LAPS = (("forward_ee", "ee"), ("cluster", "cluster"), ("reuse_tokens", "reuse"),
+         ("sac_tokens", "tokens"), ("sac_blocks", "sac_blocks"), ("sac_head", "head"))
 
+
+@contextlib.contextmanager
+def _lapped(model: nn.Module, clock: _Clock) -> Iterator[None]:
+    """Make each stage method of ``model`` end a lap of ``clock`` when it returns.
+
+    Instance attributes shadow the class's methods, so the real ``predict`` runs unchanged and
+    calls the timed versions; they are removed on exit.
+    """
+    def timed(method: Callable[..., Any], part: str) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            out = method(*args, **kwargs)
+            clock.lap(part)
+            return out
+        return run
+
+    for name, part in _LAPS:
+        setattr(model, name, timed(getattr(model, name), part))
+    try:
+        yield
+    finally:
+        for name, _ in _LAPS:
+            delattr(model, name)
+
+
+def _predict_instrumented(model: nn.Module, x: Tensor, threshold: float, clock: _Clock) -> Any:
+    """``model.predict(x, threshold)`` itself, with a synchronised lap after each part."""
     clock.start()
-    model._check_shape(x)
-    bad = model._nonfinite(x) if x.is_floating_point() else None
-    B = x.shape[0]
-    ee = model.forward_ee(x, need_gca=threshold > 0)
-    logits = ee.logits.clone()
-    stage = torch.zeros(B, dtype=torch.long, device=x.device)
-    gmacs = torch.full((B,), model.gmacs_ee(), device=x.device)
-    box = torch.full((B, 4), -1, dtype=torch.long, device=x.device)
-    confidence = ee.logits.float().softmax(dim=-1).amax(dim=-1)
-    rest = (confidence < threshold).nonzero().squeeze(1)
-    if bad is not None and bool(bad):
-        raise ValueError("input contains NaN or infinite values")
-    clock.lap("ee")
-    if rest.numel():
-        sub = ee.index(rest)
-        if sub.gca is None:
-            buckets = [(None, model.full_clusters(rest.numel(), x.device))]
-        elif model.sac_cfg.cluster_mode == "window":
-            buckets = [(None, model.cluster(sub.gca, model.sac_cfg.window))]
-        else:
-            buckets = [(idx, model.cluster(sub.gca[idx], m)) for m, idx in model.window_buckets(sub.gca)]
-        clock.lap("cluster")
-        for idx, c in buckets:
-            part = sub if idx is None else sub.index(idx)
-            rows = rest if idx is None else rest[idx]
-            reused = model.reuse_tokens(part)
-            clock.lap("reuse")
-            z = model.sac_tokens(x, part, c, rows, reused=reused)
-            clock.lap("tokens")
-            z = model.sac_blocks(z, c.num_target)
-            clock.lap("sac_blocks")
-            out = model.sac_head(z, c.num_target)
-            logits[rows] = out.to(logits.dtype)
-            stage[rows] = 1
-            gmacs[rows] += model._sac_gmacs(c, rows.numel(), x.device)
-            box[rows] = c.box
-            clock.lap("head")
-    return Prediction(logits=logits, stage=stage, gmacs=gmacs, box=box)
+    with _lapped(model, clock):
+        prediction = model.predict(x, threshold)
+    clock.lap("head")  # the scatter of the SAC results back into the batch
+    return prediction
 
 
 def profile_parts(model: nn.Module, x: Tensor, threshold: float, repeats: int = 5, warmup: int = 1,
                   amp: torch.dtype | None = None) -> PartsProfile:
     """Per-part time split of ``model.predict(x, threshold)``.
 
-    Each repetition runs the uninstrumented ``predict`` (the total) and an instrumented copy
-    with a device sync after each part, alternately, so both see the same machine load; the
-    medians are reported. The instrumented copy gives the same prediction as ``predict``.
+    Each repetition runs ``predict`` plain (the total) and with a device sync after each part
+    (:func:`_lapped`), alternately, so both see the same machine load; the medians are reported.
     """
     device = x.device
     ctx = _amp_context(device, amp)

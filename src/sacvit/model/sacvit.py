@@ -333,11 +333,12 @@ class SACViT(VisionTransformer):
         reuse term come from the EE outputs (nothing of EE is recomputed). See :meth:`forward_sac`;
         ``reused`` is :meth:`reuse_tokens` when already computed.
         """
+        if self.reuse is not None and reused is None:
+            reused = self.reuse_tokens(ee)
         index = clusters.target
         target = self._embed_patches(x, index, rows) + _gather(self.pos_embed[:, 1:], index)
         non_target = _gather(ee.embed, clusters.non_target)
-        if self.reuse is not None:
-            reused = self.reuse_tokens(ee) if reused is None else reused
+        if reused is not None:
             target = target + _gather(reused, clusters.parent)
             if self.sac_cfg.reuse_non_target:
                 non_target = non_target + _gather(reused, clusters.non_target)
