@@ -96,6 +96,16 @@ def test_predict_batch_equals_one_at_a_time(images, sac):
         assert torch.equal(one.box[0], batch.box[i])
 
 
+@pytest.mark.parametrize("sac", [{}, {"cluster_mode": "adaptive", "rho": 0.6, "adaptive_sizes": (2, 3, 4)}])
+def test_predict_stages_equals_predict_at_both_extremes(images, sac):
+    model = make_tiny(**sac)
+    ee, full = model.predict_stages(images)
+    for got, want in ((ee, model.predict(images, 0.0)), (full, model.predict(images, 2.0))):
+        assert torch.allclose(got.logits, want.logits, atol=1e-6)
+        assert torch.equal(got.stage, want.stage) and torch.equal(got.box, want.box)
+        assert torch.allclose(got.gmacs, want.gmacs)
+
+
 def test_compacted_path_equals_uncompacted(tiny, images):
     """Images sent through SAC after compaction get the logits of an all-SAC batch."""
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Threshold sweep of a trained SAC-ViT: accuracy, exit share, GMACs and throughput per η.
 
 Accuracy and GMACs of every threshold come from one pass over the data: each image's EE
-prediction (``predict(x, 0)``) and SAC prediction (``predict(x, >1)``) are computed once, and
+and SAC predictions are computed once (:meth:`SACViT.predict_stages`), and
 threshold η picks the EE one when the EE confidence is ≥ η — exactly :meth:`SACViT.predict`'s
 rule. Throughput is measured separately with real ``predict(x, η)`` calls on the same few
 batches for every row, timed after one warm-up batch.
@@ -119,7 +119,7 @@ def evaluate(
         x, y = x.to(device), y.to(device)
         if len(timing) <= timing_batches:
             timing.append(x)
-        ee, sac = model.predict(x, 0.0), model.predict(x, SAC_ONLY)
+        ee, sac = model.predict_stages(x)
         conf.append(ee.logits.softmax(-1).amax(-1))
         ok_ee.append(ee.logits.argmax(-1) == y)
         ok_sac.append(sac.logits.argmax(-1) == y)

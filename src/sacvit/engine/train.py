@@ -375,7 +375,7 @@ def _validate(model: nn.Module, loader: DataLoader, d: _Dist, amp: dict[str, Any
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         with torch.autocast(**amp):
             if is_sac:
-                ee, sac = model.predict(x, 0.0).logits, model.predict(x, 2.0).logits
+                ee, sac = (p.logits for p in model.predict_stages(x))
             else:
                 ee, sac = model(x), None
         counts[0] += len(y)

@@ -425,6 +425,24 @@ class SACViT(VisionTransformer):
             box[rest] = sac_box
         return Prediction(logits=logits, stage=stage, gmacs=gmacs, box=box)
 
+    @torch.no_grad()
+    def predict_stages(self, x: Tensor) -> tuple[Prediction, Prediction]:
+        """Every image's prediction at both stages from one EE pass.
+
+        Returns:
+            ``(predict(x, 0), predict(x, >1))``: all images exiting at EE, and all going through
+            SAC — what a threshold sweep needs, without running the EE stage twice.
+        """
+        self.check_input(x)
+        B = x.shape[0]
+        ee = self.forward_ee(x)
+        gmacs_ee = torch.full((B,), self.gmacs_ee(), device=x.device)
+        stage = torch.zeros(B, dtype=torch.long, device=x.device)
+        sac_logits, sac_gmacs, box = self._sac_buckets(x, ee)
+        return (Prediction(logits=ee.logits, stage=stage, gmacs=gmacs_ee, box=torch.full_like(box, -1)),
+                Prediction(logits=sac_logits.to(ee.logits.dtype), stage=stage + 1, gmacs=gmacs_ee + sac_gmacs,
+                           box=box))
+
     # ------------------------------------------------------------------ compute accounting
     def gmacs_ee(self) -> float:
         """Closed-form GMACs of the EE stage for one image (GCA rows included)."""
