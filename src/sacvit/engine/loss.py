@@ -7,7 +7,14 @@ from torch import Tensor
 
 from ..config import SACConfig
 
-__all__ = ["sac_loss"]
+__all__ = ["sac_loss", "cross_entropy"]
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy for class indices ``(B,)`` or soft targets ``(B, C)`` (mixup / cutmix)."""
+    if target.dim() == 2:
+        return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+    return F.cross_entropy(logits, target)
 
 
 def sac_loss(logits_ee: Tensor, logits_sac: Tensor, target: Tensor, cfg: SACConfig) -> Tensor:
@@ -16,10 +23,7 @@ def sac_loss(logits_ee: Tensor, logits_sac: Tensor, target: Tensor, cfg: SACConf
     The SAC output, detached, supervises the EE output (CF-ViT's scheme). ``target`` is either
     class indices ``(B,)`` or soft targets ``(B, C)`` (mixup / cutmix / label smoothing).
     """
-    if target.dim() == 2:
-        ce = -(target * logits_sac.log_softmax(dim=-1)).sum(dim=-1).mean()
-    else:
-        ce = F.cross_entropy(logits_sac, target)
+    ce = cross_entropy(logits_sac, target)
     if cfg.kl_weight == 0:
         return ce
     tau = cfg.kl_tau

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import SACConfig
 from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from .loss import sac_loss
+from .loss import cross_entropy, sac_loss
 
 __all__ = ["TrainConfig", "train", "build_split", "synthetic_dataset", "add_parser", "DATA_CHOICES"]
 
@@ -356,12 +356,6 @@ def _check_resumed_sac(sac_cfg: SACConfig, cfg: TrainConfig, ckpt: Path) -> None
     sac_cfg.select_after = cfg.select_after if cfg.select_after is not None else wanted.select_after
 
 
-def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
-    if target.dim() == 2:
-        return -(target * logits.float().log_softmax(dim=-1)).sum(dim=-1).mean()
-    return F.cross_entropy(logits.float(), target)
-
-
 # ---------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def _validate(model: nn.Module, loader: DataLoader, d: _Dist, amp: dict[str, Any]) -> dict[str, float]:
@@ -537,7 +531,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                         logits_ee, logits_sac = net(x, full_window=step / total_steps < sac_cfg.select_after)
                         loss = sac_loss(logits_ee.float(), logits_sac.float(), target, sac_cfg)
                     else:
-                        loss = _soft_ce(net(x), target)
+                        loss = cross_entropy(net(x).float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.clip_grad:
