@@ -124,7 +124,7 @@ def test_plain_fashion_mnist(fmnist_dir: Path) -> None:
 
 
 def test_cluttered_sample_format(fmnist_dir: Path) -> None:
-    ds = ClutteredFashionMNIST(fmnist_dir, "train", img_size=96, scale=(40, 56))
+    ds = ClutteredFashionMNIST(fmnist_dir, "train", img_size=96, canvas=96, scale=(40, 56))
     assert len(ds) == 20 and len(ds.classes) == 10
     for i in range(len(ds)):
         image, label = ds[i]
@@ -135,13 +135,13 @@ def test_cluttered_sample_format(fmnist_dir: Path) -> None:
     raw = ds.raw(0)
     assert raw.dtype == np.uint8 and raw.shape == (96, 96)
     assert torch.allclose(ds[0][0][0], torch.from_numpy(raw).float() / 127.5 - 1)
-    assert len(ClutteredFashionMNIST(fmnist_dir, "train", img_size=96, scale=(40, 56), length=5)) == 5
+    assert len(ClutteredFashionMNIST(fmnist_dir, "train", img_size=96, canvas=96, scale=(40, 56), length=5)) == 5
     with pytest.raises(IndexError):
         ds[20]
 
 
 def test_cluttered_is_deterministic(fmnist_dir: Path) -> None:
-    kw = dict(img_size=64, scale=(24, 40))
+    kw = dict(img_size=64, canvas=64, scale=(24, 40))
     a, b = ClutteredFashionMNIST(fmnist_dir, **kw), ClutteredFashionMNIST(fmnist_dir, **kw)
     for i in (0, 7, 19):
         assert torch.equal(a[i][0], a[i][0]) and torch.equal(a[i][0], b[i][0])
@@ -153,7 +153,7 @@ def test_cluttered_is_deterministic(fmnist_dir: Path) -> None:
 
 def test_cluttered_box_locates_garment(fmnist_dir: Path) -> None:
     size = 96
-    clean = ClutteredFashionMNIST(fmnist_dir, img_size=size, scale=(40, 64), num_clutter=0)
+    clean = ClutteredFashionMNIST(fmnist_dir, img_size=size, canvas=size, scale=(40, 64), num_clutter=0)
     for i in range(len(clean)):
         x0, y0, x1, y1 = clean.box(i)
         assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
@@ -162,7 +162,7 @@ def test_cluttered_box_locates_garment(fmnist_dir: Path) -> None:
         assert x0 <= xs.min() <= x0 + 1 and x1 - 2 <= xs.max() < x1
         assert y0 <= ys.min() <= y0 + 1 and y1 - 2 <= ys.max() < y1
     cluttered = ClutteredFashionMNIST(
-        fmnist_dir, img_size=size, scale=(40, 64), num_clutter=6, clutter_size=(4, 8)
+        fmnist_dir, img_size=size, canvas=size, scale=(40, 64), num_clutter=6, clutter_size=(4, 8)
     )
     outside = 0
     for i in range(len(cluttered)):
@@ -180,24 +180,35 @@ def test_clutter_comes_from_other_garments(tmp_path: Path) -> None:
     images[0, 4:24, 4:24], images[1, 4:24, 4:24] = 100, 250
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([0, 1], dtype=np.uint8))
-    ds = ClutteredFashionMNIST(tmp_path, img_size=64, scale=(28, 28), num_clutter=20)
+    ds = ClutteredFashionMNIST(tmp_path, img_size=64, canvas=64, scale=(28, 28), num_clutter=20)
     x0, y0, x1, y1 = ds.box(0)
     raw = ds.raw(0)
     raw[y0:y1, x0:x1] = 0
     assert set(np.unique(raw).tolist()) == {0, 250}  # fragments of garment 1 only
 
 
-def test_cluttered_val_uses_test_split(fmnist_dir: Path) -> None:
-    val = ClutteredFashionMNIST(fmnist_dir, "val", img_size=64, scale=(24, 40))
-    assert len(val) == 10 and [val[i][1] for i in range(10)] == list(range(9, -1, -1))
-    train = ClutteredFashionMNIST(fmnist_dir, "train", img_size=64, scale=(24, 40))
-    assert not np.array_equal(val.raw(0), train.raw(0))
+def test_cluttered_splits_are_disjoint(fmnist_dir: Path) -> None:
+    """train and holdout come from disjoint training garments; test from the test images."""
+    kw = dict(img_size=64, canvas=64, scale=(24, 40), holdout=6)
+    test = ClutteredFashionMNIST(fmnist_dir, "test", **kw)
+    assert len(test) == 10 and [test[i][1] for i in range(10)] == list(range(9, -1, -1))
+    train = ClutteredFashionMNIST(fmnist_dir, "train", **kw)
+    holdout = ClutteredFashionMNIST(fmnist_dir, "holdout", **kw)
+    assert len(train) == 14 and len(holdout) == 6
+    assert [train[i][1] for i in range(14)] == [i % 10 for i in range(14)]
+    assert [holdout[i][1] for i in range(6)] == [i % 10 for i in range(14, 20)]
+    assert not np.array_equal(test.raw(0), train.raw(0))
+    # holdout garment i is training image 14 + i, never one the train split shows
+    ref = ClutteredFashionMNIST(fmnist_dir, "train", **{**kw, "holdout": 0})
+    assert holdout.box(0) != ref.box(14) or not np.array_equal(holdout.raw(0), ref.raw(14))
     with pytest.raises(ValueError, match="split"):
-        ClutteredFashionMNIST(fmnist_dir, "dev")
+        ClutteredFashionMNIST(fmnist_dir, "val")
+    with pytest.raises(ValueError, match="holdout"):
+        ClutteredFashionMNIST(fmnist_dir, "holdout", holdout=0)
 
 
 def test_materialize_matches_getitem(fmnist_dir: Path) -> None:
-    ds = ClutteredFashionMNIST(fmnist_dir, img_size=64, scale=(24, 40))
+    ds = ClutteredFashionMNIST(fmnist_dir, img_size=64, canvas=64, scale=(24, 40))
     images, labels = materialize(ds)
     assert images.shape == (20, 64, 64) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     served = TensorImageDataset(images, labels, classes=ds.classes)
@@ -213,7 +224,7 @@ def test_materialize_matches_getitem(fmnist_dir: Path) -> None:
 
 def test_smaller_size_is_the_canvas_downsampled(fmnist_dir: Path) -> None:
     """img_size < canvas: the same layout, resized as SAC-ViT's EE stage resizes (batched or not)."""
-    big = ClutteredFashionMNIST(fmnist_dir, img_size=64, scale=(24, 40))
+    big = ClutteredFashionMNIST(fmnist_dir, img_size=64, canvas=64, scale=(24, 40))
     small = ClutteredFashionMNIST(fmnist_dir, img_size=32, canvas=64, scale=(24, 40))
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(big.raw(3))[None, None].float(), size=(32, 32), mode="bilinear", antialias=True
@@ -281,10 +292,10 @@ def test_build_dataset(fmnist_dir: Path) -> None:
     with pytest.raises(ValueError, match="cluttered-fmnist") as info:
         build_dataset("mnist-3d", fmnist_dir, "train", 32)
     assert all(name in str(info.value) for name in DATASET_NAMES)
-    cluttered = build_dataset("cluttered-fmnist", fmnist_dir, "val", 64, length=4, seed=3)
+    cluttered = build_dataset("cluttered-fmnist", fmnist_dir, "test", 64, length=4, seed=3)
     assert isinstance(cluttered, ClutteredFashionMNIST) and len(cluttered) == 4
     assert cluttered[0][0].shape == (3, 64, 64) and len(cluttered.classes) == 10
     plain = build_dataset("fmnist", fmnist_dir, "train", 28)
     assert plain[0][0].shape == (3, 28, 28) and len(plain.classes) == 10
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(ValueError, match="--data-dir"):
         build_dataset("imagefolder", None, "train", 32)

@@ -52,19 +52,47 @@ def test_reuse_at_zero_init_is_identity(images):
         assert (got - ref(images)).abs().max() < 1e-5
 
 
-def test_cluster_attention_equals_masked_attention(tiny, images):
-    """Grouped dense SDPA calls == one attention with the cluster mask (reference only)."""
-    from sacvit.model.attention import block_forward
+def test_gca_equals_a_per_block_ema_of_the_cls_attention(tiny, images):
+    """Reference: run timm's own blocks on the EE input, build every block's full attention
+    matrix from its qkv weights, and accumulate ``g = β·g + (1−β)·a_l`` block by block."""
+    ref = _plain(tiny, 16)
+    x_ee = F.interpolate(images, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    beta, start = tiny.sac_cfg.gca_beta, tiny.gca_start
+    with torch.no_grad():
+        z = ref.norm_pre(ref._pos_embed(ref.patch_embed(x_ee)))
+        g = torch.zeros(6, 16)
+        for i, blk in enumerate(ref.blocks):
+            attn = blk.attn
+            qkv = attn.qkv(blk.norm1(z)).reshape(6, 17, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = qkv[0], qkv[1]
+            a = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1)  # (B, H, N, N)
+            if i >= start:
+                g = beta * g + (1 - beta) * a[:, :, 0, 1:].mean(1)
+            z = blk(z)
+        got = tiny.forward_ee(images).gca
+    assert start == 1 and got.shape == (6, 4, 4)
+    assert torch.allclose(got.flatten(1), g, atol=1e-6, rtol=1e-4)
 
-    blk = tiny.blocks[0]
-    torch.manual_seed(2)
-    T, M = 9, 5
-    x = torch.randn(3, 1 + T + M, 32)
-    got, _ = block_forward(blk, x, n_target=T)
-    group = torch.tensor([0] + [1] * T + [2] * M)
-    allowed = (group[:, None] == group[None, :]) | (group[None, :] == 0) | (group[:, None] == 0)
-    expected = blk(x, attn_mask=allowed)
-    assert (got - expected).abs().max() < 1e-5
+
+def test_sac_loss_is_ce_plus_scaled_kl_from_sac_to_ee():
+    """KL(p_sac ‖ p_ee) (not the reverse), weighted λ·τ², with no KL gradient into the SAC logits."""
+    torch.manual_seed(3)
+    ee, sac = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    cfg = SACConfig(kl_weight=0.7, kl_tau=2.0)
+    loss = sac_loss(ee, sac, y, cfg)
+    p_sac, log_p_ee = (sac / 2).softmax(-1), (ee / 2).log_softmax(-1)
+    kl = (p_sac * (p_sac.log() - log_p_ee)).sum(-1).mean()
+    reverse = (log_p_ee.exp() * (log_p_ee - p_sac.log())).sum(-1).mean()
+    expected = F.cross_entropy(sac, y) + 0.7 * 4.0 * kl
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert not torch.allclose(kl, reverse, atol=1e-3)  # the direction is tested, not assumed
+    loss.backward()
+    sac_grad = torch.autograd.grad(F.cross_entropy(sac, y), sac)[0]
+    assert torch.allclose(sac.grad, sac_grad, atol=1e-7)  # stop-gradient: SAC sees only the CE
+    assert ee.grad.abs().sum() > 0
+    without_kl = sac_loss(ee, sac, y, SACConfig(kl_weight=0))
+    assert torch.allclose(without_kl, F.cross_entropy(sac, y))
 
 
 def test_threshold_zero_exits_all_and_above_one_exits_none(tiny, images):
@@ -118,8 +146,35 @@ def test_compacted_path_equals_uncompacted(tiny, images):
     assert torch.allclose(mixed.logits[sac], full.logits[sac], atol=1e-5)
 
 
-def test_eval_forward_is_adaptive_prediction(tiny, images):
-    assert torch.allclose(tiny(images), tiny.predict(images).logits)
+def test_eval_forward_keeps_autograd_and_predict_does_not(tiny, images):
+    x = images.clone().requires_grad_(True)
+    with torch.no_grad():
+        conf = tiny.forward_ee(images).logits.softmax(-1).amax(-1)
+    tiny.sac_cfg.threshold = float(conf.median())  # some images exit, some go through SAC
+    out = tiny(x)
+    assert out.requires_grad
+    out[:, 0].sum().backward()
+    pred = tiny.predict(images)
+    assert 0 < pred.stage.sum() < 6 and not pred.logits.requires_grad
+    assert torch.allclose(out.detach(), pred.logits, atol=1e-6)
+    # every image's gradient flows, through the stage it ended in
+    assert (x.grad.flatten(1).abs().sum(1) > 0).all()
+    with torch.no_grad():
+        assert not tiny(images).requires_grad
+
+
+def test_predict_refuses_a_model_in_training_mode(tiny, images):
+    tiny.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        tiny.predict(images)
+
+
+def test_bf16_model_predicts_on_cpu(tiny, images):
+    ref = tiny.predict(images, 2.0)
+    half = tiny.to(torch.bfloat16)
+    got = half.predict(images.to(torch.bfloat16), 2.0)
+    assert got.logits.dtype == torch.bfloat16 and torch.isfinite(got.logits.float()).all()
+    assert (got.logits.float() - ref.logits).abs().max() < 0.15  # bf16 keeps ~3 significant digits
 
 
 def test_every_parameter_gets_a_gradient(images):
@@ -141,11 +196,18 @@ def test_every_parameter_gets_a_gradient(images):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_training_forward_shapes_and_warmup(tiny, images):
-    tiny.train()
-    a, b = tiny(images)
-    c, d = tiny(images, full_window=True)
-    assert a.shape == b.shape == d.shape == (6, 5)
+def test_training_warmup_is_a_full_resolution_pass(images):
+    """``full_window=True`` (selection warm-up): the SAC stage is the plain ViT at full resolution
+    (reuse at its zero init), while the windowed pass differs."""
+    torch.manual_seed(0)
+    model = SACViT(sac=SACConfig(window=3, gca_start=1), **TINY).train()  # fc2 zero-initialised
+    ref = _plain(model, 32)
+    ee, full = model(images, full_window=True)
+    _, windowed = model(images)
+    assert (full - ref(images)).abs().max() < 1e-5
+    assert (windowed - full).abs().max() > 1e-3
+    assert (ee - ref.__class__.forward(_plain(model, 16), F.interpolate(
+        images, size=(16, 16), mode="bilinear", antialias=True))).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize(

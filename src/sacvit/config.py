@@ -16,6 +16,8 @@ from typing import Any, Literal
 __all__ = ["SACConfig"]
 
 ClusterMode = Literal["window", "adaptive"]
+WindowPolicy = Literal["gca", "center", "random"]
+AttentionMode = Literal["cluster", "full"]
 
 
 @dataclass
@@ -26,13 +28,18 @@ class SACConfig:
         ee_scale: downsampling factor of the early-exit image (2: 224 → 112 px, 7×7 tokens).
         threshold: default exit threshold η on the EE top-1 softmax probability for ``predict``.
         gca_beta: EMA factor β of the global class attention, ``g = β·g + (1−β)·a_l``.
-        gca_start: first block (0-indexed) whose CLS attention enters the EMA; clipped to depth − 1.
+        gca_start: first block (0-indexed) whose CLS attention enters the EMA; ``None``: a quarter
+            of the depth (3 of DeiT's 12 blocks, as CF-/LF-ViT; 1 of the demo's 4). Must be < depth.
         cluster_mode: ``"window"`` (one m×m window of EE tokens with the largest GCA mass, fixed
             token counts) or ``"adaptive"`` (m per image, smallest window holding ``rho`` of the mass).
         window: m, the window side in EE tokens for ``"window"`` mode (5 on the 7×7 grid).
+        window_policy: where the window goes: ``"gca"`` (largest GCA mass, the method),
+            ``"center"`` or ``"random"`` (the ablations that test whether the semantics matter).
         alpha: fraction of the window's EE tokens (top by GCA) that form the target cluster.
         adaptive_sizes: candidate window sides for ``"adaptive"`` mode.
         rho: GCA mass fraction the adaptive window must hold.
+        attention: ``"cluster"`` (each cluster attends within itself, CLS sees all) or ``"full"``
+            (one attention over every SAC token: the ablation of the cluster attention).
         reuse: add the feature-reuse term ``reuse(z_ee)`` to the SAC tokens.
         reuse_non_target: also add it to the non-target (reused EE) tokens.
         reuse_mlp_ratio: hidden width of the reuse MLP as a multiple of the embedding width.
@@ -45,12 +52,14 @@ class SACConfig:
     ee_scale: int = 2
     threshold: float = 0.76
     gca_beta: float = 0.99
-    gca_start: int = 3
+    gca_start: int | None = None
     cluster_mode: ClusterMode = "window"
     window: int = 5
+    window_policy: WindowPolicy = "gca"
     alpha: float = 1.0
     adaptive_sizes: tuple[int, ...] = (3, 4, 5, 6, 7)
     rho: float = 0.7
+    attention: AttentionMode = "cluster"
     reuse: bool = True
     reuse_non_target: bool = True
     reuse_mlp_ratio: float = 4.0
@@ -63,10 +72,13 @@ class SACConfig:
         checks = [
             (self.ee_scale >= 1, f"ee_scale must be ≥ 1, got {self.ee_scale}"),
             (0.0 < self.gca_beta < 1.0, f"gca_beta must be in (0, 1), got {self.gca_beta}"),
-            (self.gca_start >= 0, f"gca_start must be ≥ 0, got {self.gca_start}"),
+            (self.gca_start is None or self.gca_start >= 0, f"gca_start must be ≥ 0, got {self.gca_start}"),
             (self.cluster_mode in ("window", "adaptive"),
              f"cluster_mode must be 'window' or 'adaptive', got {self.cluster_mode!r}"),
             (self.window >= 1, f"window must be ≥ 1, got {self.window}"),
+            (self.window_policy in ("gca", "center", "random"),
+             f"window_policy must be 'gca', 'center' or 'random', got {self.window_policy!r}"),
+            (self.attention in ("cluster", "full"), f"attention must be 'cluster' or 'full', got {self.attention!r}"),
             (0.0 < self.alpha <= 1.0, f"alpha must be in (0, 1], got {self.alpha}"),
             (len(self.adaptive_sizes) > 0 and min(self.adaptive_sizes) >= 1,
              f"adaptive_sizes must be positive window sides, got {self.adaptive_sizes}"),

@@ -21,13 +21,12 @@ A second run reuses finished checkpoints, and resumes an interrupted training wh
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoConfig", "run_demo", "pick_operating_point", "add_parser"]
+__all__ = ["DemoConfig", "run_demo", "pick_operating_point"]
 
 
 @dataclass
@@ -93,8 +92,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     from .data import DEFAULT_FMNIST_DIR
     from .engine.checkpoint import load_checkpoint
-    from .engine.evaluate import evaluate, write_results
-    from .engine.train import build_split
+    from . import plots
+    from .data import build_dataset
+    from .engine.evaluate import COLUMNS, TABLE, evaluate
+    from .report import format_table, write_csv
     from .viz import plot_clusters
 
     cfg.data_dir = cfg.data_dir or DEFAULT_FMNIST_DIR
@@ -108,14 +109,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     sacvit = _train_or_reuse("sacvit_demo_patch8_112", out / "sacvit", cfg, cfg.epochs, init=init,
                              sac=dict(cfg.sac))
 
-    val = build_split("cluttered-fmnist", cfg.data_dir, "val", 112, cfg.val_length, cfg.seed,
-                      cache_dir=out / "cache", materialize=True)
+    val = build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, length=cfg.val_length, seed=cfg.seed,
+                        prerender=True, cache_dir=out / "cache")
     rows = evaluate(sacvit, val, thresholds=cfg.thresholds, baseline=baseline)
-    write_results(rows, out, title="SAC-ViT vs same-size ViT on Cluttered Fashion-MNIST (val)")
+    print(format_table(rows, TABLE))
+    write_csv(out / "results.csv", rows, COLUMNS)
+    plots.accuracy_vs_gmacs(rows, out / "accuracy_vs_gmacs.png", "SAC-ViT vs same-size ViT on Cluttered Fashion-MNIST")
 
     model, meta = load_checkpoint(sacvit)
     summary = pick_operating_point(rows, cfg.tolerance)
-    raw = build_split("cluttered-fmnist", cfg.data_dir, "val", 112, 12, cfg.seed)  # first 12 val images
+    raw = build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, length=12, seed=cfg.seed)  # first 12
     images = torch.stack([raw[i][0] for i in range(12)])
     # the figure shows both stages: the sweep threshold whose exit share is closest to one half
     shown = min((r for r in rows if r["mode"] == "sacvit"), key=lambda r: abs(r["exit_share"] - 0.5))
@@ -129,44 +132,3 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
           f"({summary['exit_share']:.0%} exit at EE).")
     print(f"wrote {out}/results.csv, accuracy_vs_gmacs.png, clusters.png, summary.json")
     return summary
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``sacvit demo``."""
-    d = DemoConfig()
-    p = subparsers.add_parser(
-        "demo", help="train SAC-ViT and its baseline on Cluttered Fashion-MNIST, sweep η, plot",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the Fashion-MNIST idx files (default /usr/share/datasets/fashion-mnist, "
-                        "from Debian's dataset-fashion-mnist)")
-    p.add_argument("--pretrain-length", type=int, default=d.pretrain_length,
-                   help=f"training images of the 56-px pretraining (default {d.pretrain_length})")
-    p.add_argument("--train-length", type=int, default=d.train_length,
-                   help=f"training images of each 112-px fine-tuning (default {d.train_length})")
-    p.add_argument("--val-length", type=int, default=d.val_length, help=f"validation images (default {d.val_length})")
-    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs,
-                   help=f"epochs of the 56-px pretraining (default {d.pretrain_epochs})")
-    p.add_argument("--epochs", type=int, default=d.epochs,
-                   help=f"fine-tuning epochs of the baseline and of SAC-ViT (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate of every training (default {d.lr})")
-    p.add_argument("--thresholds", default=",".join(map(str, d.thresholds)),
-                   help="comma-separated exit thresholds η to sweep")
-    p.add_argument("--tolerance", type=float, default=d.tolerance,
-                   help=f"top-1 points below the baseline that still count as matching it (default {d.tolerance})")
-    p.set_defaults(func=_run)
-    return p
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        thresholds = tuple(float(t) for t in args.thresholds.split(","))
-    except ValueError as err:
-        raise ValueError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from err
-    run_demo(DemoConfig(out=args.out, data_dir=args.data_dir, train_length=args.train_length,
-                        pretrain_length=args.pretrain_length,
-                        val_length=args.val_length, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, batch_size=args.batch_size,
-                        lr=args.lr, thresholds=thresholds, tolerance=args.tolerance))
-    return 0

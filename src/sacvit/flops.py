@@ -24,6 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 __all__ = [
     "block_macs",
     "sac_block_macs",
+    "sac_block_macs_full",
+    "vit_gmacs",
     "vit_macs",
     "measure_macs",
     "GIGA",
@@ -54,6 +56,11 @@ def sac_block_macs(n_target: int, n_non_target: int, dim: int, mlp_ratio: float 
     return linear_macs(1 + t + m, dim, mlp_ratio) + attn
 
 
+def sac_block_macs_full(n_target: int, n_non_target: int, dim: int, mlp_ratio: float = 4.0) -> int:
+    """MACs of one SAC block with full attention over its ``1 + T + M`` tokens (an ablation)."""
+    return block_macs(1 + n_target + n_non_target, dim, mlp_ratio)
+
+
 def patch_embed_macs(n_patches: int, patch_size: int, dim: int, in_chans: int = 3) -> int:
     """MACs of the patch embedding (a ``p×p`` stride-``p`` convolution) over ``n_patches``."""
     return n_patches * in_chans * patch_size * patch_size * dim
@@ -78,6 +85,15 @@ def vit_macs(
         + depth * block_macs(n, dim, mlp_ratio)
         + dim * num_classes
     )
+
+
+def vit_gmacs(model: Any) -> float:
+    """Closed-form GMACs per image of a timm ``VisionTransformer`` (or SAC-ViT's plain backbone)
+    at its input size: the one place where a plain ViT's compute is counted."""
+    pe = model.patch_embed
+    return vit_macs(tuple(pe.grid_size), pe.patch_size[0], model.embed_dim, len(model.blocks), model.num_classes,
+                    model.blocks[0].mlp.fc1.out_features / model.embed_dim, pe.proj.in_channels,
+                    model.num_prefix_tokens) / GIGA
 
 
 def _sdpa_formula(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:

@@ -1,17 +1,28 @@
 """Cluttered Fashion-MNIST: one garment at a random scale and place on a dark
-canvas, among small fragments cut from other garments.
+canvas, among fragments cut from other garments.
 
 Samples are generated on the fly and are a pure function of
-``(seed, split, index)``, so they are identical across runs, processes and
+``(style, seed, split, index)``, so they are identical across runs, processes and
 DataLoader workers. For training on a CPU, :func:`materialize` pre-renders a
 dataset once and :class:`TensorImageDataset` serves the stored images.
+
+Two named styles (:data:`STYLES`): ``"v2"``, the default, where the garment is a small
+minority of the image and distractor fragments surround it, so that *where to look*
+matters; and ``"v1"``, sacvit 0.1's data (large garments, a few small fragments).
+
+Splits: ``"train"`` and ``"holdout"`` are drawn from disjoint parts of the 60k
+Fashion-MNIST training images (the held-out part is the last ``holdout`` of them,
+never trained on: for early stopping and calibrating η); ``"test"`` from the 10k test
+images, the split that results are reported on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +39,32 @@ from .fashion_mnist import (
     resize_gray,
 )
 
-_SPLITS = {"train": ("train", 0), "val": ("test", 1), "test": ("test", 1)}
+_SPLITS = {"train": ("train", 0), "test": ("test", 1), "holdout": ("train", 2)}  # source split, layout id
 _PLACEMENT_TRIES = 4  # positions tried per clutter fragment before it is dropped
+
+
+@dataclass(frozen=True)
+class ClutterStyle:
+    """How the images are drawn.
+
+    Attributes:
+        canvas: side of the canvas in pixels.
+        scale: inclusive range of the garment side in pixels (placed uniformly on the canvas).
+        num_clutter: distractor fragments per image (a few are dropped when no free spot is found).
+        clutter_size: inclusive range of the fragment side in pixels.
+    """
+
+    canvas: int = 112
+    scale: tuple[int, int] = (32, 64)
+    num_clutter: int = 8
+    clutter_size: tuple[int, int] = (8, 14)
+
+
+#: The named styles; ``"v2"`` is the default data of ``sacvit demo``.
+STYLES: dict[str, ClutterStyle] = {
+    "v1": ClutterStyle(canvas=112, scale=(32, 64), num_clutter=8, clutter_size=(8, 14)),
+    "v2": ClutterStyle(canvas=112, scale=(20, 32), num_clutter=16, clutter_size=(10, 16)),
+}
 _BOX_CACHE: dict[tuple[str, str], list[list[int]]] = {}
 
 
@@ -78,9 +113,9 @@ def _end_covered(hi: int, n_in: int, n_out: int) -> int:
 class ClutteredFashionMNIST(Dataset):
     """Fashion-MNIST garments placed on a larger canvas with garment clutter.
 
-    Sample ``i`` shows garment ``i`` of the source split resized to a random
-    side in ``scale`` at a random position, plus up to ``num_clutter`` square
-    crops (side in ``clutter_size``) of other random garments of the same split.
+    Sample ``i`` shows garment ``i`` of the split's source images resized to a random
+    side in ``scale`` at a uniformly random position, plus up to ``num_clutter`` square
+    crops (side in ``clutter_size``) of other random garments of the same source images.
     Crops overlap their garment's silhouette, often across an edge, so they show
     texture and outline bits rather than whole garments. Each fragment is placed
     at a random position outside the garment's square (a few tries, else it is
@@ -89,58 +124,74 @@ class ClutteredFashionMNIST(Dataset):
 
     Args:
         root: Folder holding the Fashion-MNIST idx files.
-        split: ``"train"`` (from the 60k train split) or ``"val"`` (from the 10k
-            test split; ``"test"`` is accepted as an alias).
-        img_size: Output side in pixels.
-        canvas: Side of the canvas the layout is drawn on (default ``img_size``). A smaller
-            ``img_size`` is the canvas resized (bilinear, antialiased, as SAC-ViT's EE stage
-            downsamples), so ``img_size=56, canvas=112`` is the EE view of the 112-px data.
-        scale: Inclusive range of the garment side in pixels.
-        num_clutter: Number of clutter fragments per image (about 2% are dropped
-            at the default sizes because no free spot was found).
-        clutter_size: Inclusive range of the fragment side in pixels.
-        seed: Non-negative seed; sample ``i`` depends only on ``(seed, split, i)``.
+        split: ``"train"`` (the first ``60k − holdout`` training images), ``"holdout"``
+            (the last ``holdout`` training images) or ``"test"`` (the 10k test images).
+        img_size: Output side in pixels. A side smaller than the canvas is the canvas
+            resized (bilinear, antialiased, as SAC-ViT's EE stage downsamples), so
+            ``img_size=56`` with a 112-px canvas is the EE view of the 112-px data.
+        style: a name of :data:`STYLES` or a :class:`ClutterStyle`.
+        canvas, scale, num_clutter, clutter_size: override the style's fields.
+        holdout: number of training images held out from ``"train"`` for ``"holdout"``.
+        seed: Non-negative seed; sample ``i`` depends only on ``(style, seed, split, i)``.
         length: Use only the first ``length`` samples (``None``: the whole split).
         normalize: Normalise with mean/std 0.5; otherwise values are in ``[0, 1]``.
 
     Attributes:
         classes: The ten class names.
         targets: int64 labels of the used samples.
+        style: the :class:`ClutterStyle` drawn.
     """
 
-    VERSION = 1  # bump when the layout or rendering changes: it keys the pre-render caches
+    VERSION = 2  # bump when the layout or rendering changes: it keys the pre-render caches
 
     def __init__(
         self,
         root: str | Path = DEFAULT_FMNIST_DIR,
         split: str = "train",
         img_size: int = 112,
+        style: str | ClutterStyle = "v2",
+        *,
         canvas: int | None = None,
-        scale: tuple[int, int] = (32, 64),
-        num_clutter: int = 8,
-        clutter_size: tuple[int, int] = (8, 14),
+        scale: tuple[int, int] | None = None,
+        num_clutter: int | None = None,
+        clutter_size: tuple[int, int] | None = None,
+        holdout: int = 0,
         seed: int = 0,
         length: int | None = None,
         normalize: bool = True,
     ) -> None:
         if split not in _SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected 'train' or 'val'")
+            raise ValueError(f"unknown split {split!r}; expected 'train', 'holdout' or 'test'")
+        if isinstance(style, str):
+            if style not in STYLES:
+                raise ValueError(f"unknown Cluttered Fashion-MNIST style {style!r}; valid: {', '.join(STYLES)}")
+            style = STYLES[style]
+        overrides = dict(canvas=canvas, scale=scale, num_clutter=num_clutter, clutter_size=clutter_size)
+        style = dataclasses.replace(style, **{k: v for k, v in overrides.items() if v is not None})
         source, self._split_id = _SPLITS[split]
         self.images, labels = load_fashion_mnist(root, source)
+        n_source = len(self.images)
+        if split != "test" and not 0 <= holdout < n_source:
+            raise ValueError(f"holdout={holdout} must be in [0, {n_source}) training images")
+        if split == "holdout" and holdout == 0:
+            raise ValueError("the 'holdout' split is empty: pass holdout > 0")
+        start, stop = {"train": (0, n_source - holdout), "holdout": (n_source - holdout, n_source),
+                       "test": (0, n_source)}[split]
         src_h, src_w = self.images.shape[1:]
-        canvas = img_size if canvas is None else canvas
-        if not 1 <= img_size <= canvas:
-            raise ValueError(f"img_size={img_size} must be between 1 and the canvas side {canvas}")
-        if not 1 <= scale[0] <= scale[1] <= canvas:
-            raise ValueError(f"scale {scale} must satisfy 1 <= lo <= hi <= canvas={canvas}")
-        if num_clutter < 0:
-            raise ValueError(f"num_clutter must be >= 0, got {num_clutter}")
-        if not 1 <= clutter_size[0] <= clutter_size[1] <= min(src_h, src_w, canvas):
+        size = style.canvas
+        lo, hi = style.scale
+        if not 1 <= img_size <= size:
+            raise ValueError(f"img_size={img_size} must be between 1 and the canvas side {size}")
+        if not 1 <= lo <= hi <= size:
+            raise ValueError(f"scale {style.scale} must satisfy 1 <= lo <= hi <= canvas={size}")
+        if style.num_clutter < 0:
+            raise ValueError(f"num_clutter must be >= 0, got {style.num_clutter}")
+        if not 1 <= style.clutter_size[0] <= style.clutter_size[1] <= min(src_h, src_w, size):
             raise ValueError(
-                f"clutter_size {clutter_size} must satisfy 1 <= lo <= hi <= "
-                f"{min(src_h, src_w, canvas)} (source and canvas size)"
+                f"clutter_size {style.clutter_size} must satisfy 1 <= lo <= hi <= "
+                f"{min(src_h, src_w, size)} (source and canvas size)"
             )
-        if num_clutter and len(self.images) < 2:
+        if style.num_clutter and stop - start < 2:
             raise ValueError("clutter needs at least two source images")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -150,11 +201,21 @@ class ClutteredFashionMNIST(Dataset):
         if key not in _BOX_CACHE:
             _BOX_CACHE[key] = content_boxes(self.images).tolist()  # lists: fast scalar access
         self._boxes = _BOX_CACHE[key]
-        self.targets = labels[: length if length is not None else len(labels)]
-        self.split, self.img_size, self.canvas, self.scale = split, img_size, canvas, tuple(scale)
-        self.num_clutter, self.clutter_size = num_clutter, tuple(clutter_size)
+        self._start, self._n = start, stop - start
+        n = self._n if length is None else min(length, self._n)
+        self.targets = labels[start:start + n]
+        self.split, self.img_size, self.style, self.holdout = split, img_size, style, holdout
+        self.canvas, self.scale = style.canvas, style.scale
+        self.num_clutter, self.clutter_size = style.num_clutter, style.clutter_size
         self.seed, self.normalize = seed, normalize
         self.classes = list(FASHION_MNIST_CLASSES)
+
+    def cache_key(self) -> str:
+        """What the pre-rendered images depend on, as a short stable string."""
+        st = self.style
+        return (f"v{self.VERSION}_c{st.canvas}_s{st.scale[0]}-{st.scale[1]}_n{st.num_clutter}_"
+                f"f{st.clutter_size[0]}-{st.clutter_size[1]}_{self.split}_h{self.holdout}_"
+                f"{self.img_size}px_seed{self.seed}_n{len(self)}")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -165,7 +226,7 @@ class ClutteredFashionMNIST(Dataset):
         return int(i) % len(self)
 
     def _layout(self, i: int) -> tuple[tuple[int, int, int], list[tuple[int, ...]]]:
-        """Random layout of sample ``i``, a pure function of ``(seed, split, i)``.
+        """Random layout of sample ``i``, a pure function of ``(style, seed, split, i)``.
 
         Returns:
             ``(side, x0, y0)`` of the garment and, per clutter fragment,
@@ -178,12 +239,13 @@ class ClutteredFashionMNIST(Dataset):
         lo, hi = self.scale
         side = lo + int(u[0] * (hi - lo + 1))
         gx, gy = int(u[1] * (size - side + 1)), int(u[2] * (size - side + 1))
-        n, (h, w), (lo, hi) = len(self.images), self.images.shape[1:], self.clutter_size
+        n, (h, w), (lo, hi) = self._n, self.images.shape[1:], self.clutter_size
         fragments = []
         for f in range(k):
             u_src, u_side, u_ox, u_oy, *u_pos = u[3 + (4 + 2 * tries) * f : 3 + (4 + 2 * tries) * (f + 1)]
             j = int(u_src * (n - 1))
             j += j >= i  # never the garment itself
+            j += self._start
             c = lo + int(u_side * (hi - lo + 1))
             x0, y0, x1, y1 = self._boxes[j]
             # crop origin so the crop overlaps the source garment, often across an edge
@@ -204,7 +266,7 @@ class ClutteredFashionMNIST(Dataset):
         """
         i = self._index(i)
         (side, x, y), _ = self._layout(i)
-        bx0, by0, bx1, by1 = self._boxes[i]
+        bx0, by0, bx1, by1 = self._boxes[self._start + i]
         h, w = self.images.shape[1:]
         box = (
             x + _first_covered(bx0, w, side),
@@ -233,7 +295,7 @@ class ClutteredFashionMNIST(Dataset):
             patch = canvas[py : py + c, px : px + c]
             np.maximum(patch, self.images[j, oy : oy + c, ox : ox + c], out=patch)
         patch = canvas[y : y + side, x : x + side]
-        np.maximum(patch, resize_gray(self.images[i], side), out=patch)
+        np.maximum(patch, resize_gray(self.images[self._start + i], side), out=patch)
         return canvas
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

@@ -218,8 +218,10 @@ class FashionMNIST(Dataset):
 
     Args:
         root: Folder holding the idx files.
-        split: ``"train"``, ``"test"`` or ``"val"`` (alias of ``"test"``).
+        split: ``"train"`` (the first ``60k − holdout`` training images), ``"holdout"`` (the last
+            ``holdout``) or ``"test"`` (the 10k test images).
         img_size: Output side in pixels (28 keeps the native resolution).
+        holdout: number of training images held out for ``"holdout"``.
         length: Use only the first ``length`` samples (``None``: all).
         normalize: Normalise with mean/std 0.5; otherwise values are in ``[0, 1]``.
 
@@ -233,6 +235,7 @@ class FashionMNIST(Dataset):
         root: str | Path = DEFAULT_FMNIST_DIR,
         split: str = "train",
         img_size: int = 28,
+        holdout: int = 0,
         length: int | None = None,
         normalize: bool = True,
     ) -> None:
@@ -240,14 +243,27 @@ class FashionMNIST(Dataset):
             raise ValueError(f"img_size must be positive, got {img_size}")
         if length is not None and length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
-        self.images, labels = load_fashion_mnist(root, split)
-        self.targets = labels[: length if length is not None else len(labels)]
-        self.img_size = img_size
+        if split not in ("train", "holdout", "test"):
+            raise ValueError(f"unknown split {split!r}; expected 'train', 'holdout' or 'test'")
+        images, labels = load_fashion_mnist(root, "test" if split == "test" else "train")
+        n = len(images)
+        if split != "test" and not 0 <= holdout < n:
+            raise ValueError(f"holdout={holdout} must be in [0, {n}) training images")
+        if split == "holdout" and holdout == 0:
+            raise ValueError("the 'holdout' split is empty: pass holdout > 0")
+        start, stop = {"train": (0, n - holdout), "holdout": (n - holdout, n), "test": (0, n)}[split]
+        stop = stop if length is None else min(stop, start + length)
+        self.images, self.targets = images[start:stop], labels[start:stop]
+        self.split, self.holdout, self.img_size = split, holdout, img_size
         self.normalize = normalize
         self.classes = list(FASHION_MNIST_CLASSES)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def cache_key(self) -> str:
+        """What the pre-rendered images depend on, as a short stable string."""
+        return f"{self.split}_h{self.holdout}_{self.img_size}px_n{len(self)}"
 
     def raw(self, i: int) -> np.ndarray:
         """Return sample ``i`` as a uint8 ``(img_size, img_size)`` array."""

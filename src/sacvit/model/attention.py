@@ -1,32 +1,48 @@
-"""Block forward passes over timm blocks: plain attention with the CLS attention row, and
-attention restricted to the clusters of the SAC stage.
+"""The two block forward passes of SAC-ViT, over unmodified timm blocks.
+
+* :func:`ee_block` — a plain block that can also return the CLS query's attention logits
+  (one ``q_cls·Kᵀ`` matmul, never the ``N×N`` matrix), for the global class attention;
+* :func:`cluster_block` — a block whose attention is restricted to the SAC clusters.
 
 Both reuse every weight of a timm :class:`~timm.models.vision_transformer.Block` (norms, qkv,
 q/k norms, projection, layer scale, drop path, MLP); only the attention product differs. All
-products are dense :func:`torch.nn.functional.scaled_dot_product_attention` calls over gathered
-token groups, so no ``N×N`` mask is built.
+products are dense :func:`torch.nn.functional.scaled_dot_product_attention` calls over views of
+one ``qkv`` projection, so no ``N×N`` mask is built and nothing syncs with the host.
 
-SAC sequences are laid out as ``[CLS, target (T), non-target (M)]`` (``cls_mid=False``, the
-reference layout) or as ``[target (T), CLS, non-target (M)]`` (``cls_mid=True``, the fast layout
-that :class:`~sacvit.model.sacvit.SACViT` uses):
+SAC sequences are laid out ``[target (T), CLS, non-target (M)]``:
 
-* target queries attend to CLS + target keys;
-* non-target queries attend to CLS + non-target keys;
-* the CLS query attends to every key.
+* target queries attend to target + CLS keys, the slice ``[0, T]``;
+* the CLS query attends to every key;
+* non-target queries attend to CLS + non-target keys, the slice ``[T, N)``.
 
-With CLS between the two clusters, both key groups are contiguous slices of the one ``qkv``
-projection (``[0, T]`` and ``[T, N)``), so the three SDPA calls read views, no key/value copy is
-made, and the three outputs are concatenated once along the token axis in the ``(B, N, H, d)``
-layout that the output projection reads without another copy. Nothing here syncs with the host.
+With CLS between the two clusters both key groups are contiguous slices, so the three SDPA calls
+read views (no key/value copy), and their outputs are concatenated once along the token axis in
+the ``(B, N, H, d)`` layout that the output projection reads without another copy.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-__all__ = ["block_forward", "cls_attention", "cls_logits"]
+__all__ = ["check_blocks", "cluster_block", "ee_block"]
+
+
+def check_blocks(blocks: nn.Sequential) -> None:
+    """Raise ``ValueError`` unless every block is timm's standard pre-norm ``Block``/``Attention``.
+
+    The two forward passes below re-run those modules' parts; another block type (post-norm,
+    parallel, gated attention …) would be silently computed wrong.
+    """
+    for i, blk in enumerate(blocks):
+        if type(blk) is not Block or type(getattr(blk, "attn", None)) is not Attention:
+            raise ValueError(f"block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}; "
+                             f"SAC-ViT runs only timm's standard Block with Attention (block_fn=Block)")
+        if getattr(blk.attn, "gate", None) is not None:
+            raise ValueError(f"block {i} uses gated attention, which SAC-ViT does not support")
 
 
 def _qkv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -36,104 +52,61 @@ def _qkv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return attn.q_norm(q), attn.k_norm(k), v
 
 
-def _project(attn: nn.Module, x: Tensor, out: Tensor) -> Tensor:
-    """Output projection of attention results ``out`` in ``(B, N, H, d)`` order."""
+def _finish(block: nn.Module, x: Tensor, y: Tensor, out: Tensor) -> Tensor:
+    """Output projection of the attention result ``out`` ``(B, N, H, d)``, residuals and MLP."""
+    attn = block.attn
     B, N, _, _ = out.shape
-    out = attn.norm(out.reshape(B, N, attn.num_heads * attn.head_dim))
-    if getattr(attn, "gate", None) is not None:
-        out = out * attn.gate(x).sigmoid()
-    return attn.proj_drop(attn.proj(out))
+    out = attn.proj_drop(attn.proj(attn.norm(out.reshape(B, N, attn.num_heads * attn.head_dim))))
+    x = x + block.drop_path1(block.ls1(out))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-def cls_logits(q: Tensor, k: Tensor) -> Tensor:
-    """Unscaled attention logits of the CLS query (token 0) to every key, ``(B, H, N)``.
-
-    Only the CLS row is computed (``q_cls·Kᵀ``), never the ``N×N`` matrix: one matmul.
-    """
-    return (q[:, :, :1] @ k.transpose(-2, -1)).squeeze(2)
+def _dropout(attn: nn.Module) -> float:
+    return attn.attn_drop.p if attn.training else 0.0
 
 
-def cls_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
-    """Head-averaged softmax attention of the CLS query to the patch keys, ``(B, N − 1)``.
-
-    Only the CLS row is computed (``q_cls·Kᵀ``), never the ``N×N`` matrix.
-    """
-    return (cls_logits(q, k) * scale).softmax(dim=-1).mean(dim=1)[:, 1:]
-
-
-def _clustered_sdpa(q: Tensor, k: Tensor, v: Tensor, n_target: int, dropout: float) -> Tensor:
-    """Cluster attention for the ``[CLS, target, non-target]`` layout; ``(B, N, H, d)`` output."""
-    t = 1 + n_target
-    parts = [
-        F.scaled_dot_product_attention(q[:, :, :1], k, v, dropout_p=dropout),
-        F.scaled_dot_product_attention(q[:, :, 1:t], k[:, :, :t], v[:, :, :t], dropout_p=dropout),
-    ]
-    if q.shape[2] > t:
-        k_nt = torch.cat([k[:, :, :1], k[:, :, t:]], dim=2)
-        v_nt = torch.cat([v[:, :, :1], v[:, :, t:]], dim=2)
-        parts.append(F.scaled_dot_product_attention(q[:, :, t:], k_nt, v_nt, dropout_p=dropout))
-    return torch.cat([p.transpose(1, 2) for p in parts], dim=1)
-
-
-def _clustered_sdpa_mid(q: Tensor, k: Tensor, v: Tensor, n_target: int, dropout: float) -> Tensor:
-    """Cluster attention for the ``[target, CLS, non-target]`` layout; ``(B, N, H, d)`` output.
-
-    Every key group is a contiguous slice (a view): target over ``[0, T]``, CLS over all,
-    non-target over ``[T, N)``. Without non-target tokens it is one dense SDPA call.
-    """
-    t, n = n_target, q.shape[2]
-    if n == t + 1:  # the whole image is target: plain attention
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout).transpose(1, 2)
-    parts = [
-        F.scaled_dot_product_attention(q[:, :, :t], k[:, :, :t + 1], v[:, :, :t + 1], dropout_p=dropout),
-        F.scaled_dot_product_attention(q[:, :, t:t + 1], k, v, dropout_p=dropout),
-        F.scaled_dot_product_attention(q[:, :, t + 1:], k[:, :, t:], v[:, :, t:], dropout_p=dropout),
-    ]
-    return torch.cat([p.transpose(1, 2) for p in parts], dim=1)
-
-
-def block_forward(
-    block: nn.Module,
-    x: Tensor,
-    n_target: int | None = None,
-    want_cls_attn: bool = False,
-    cls_mid: bool = False,
-    want_cls_logits: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """One timm ViT block with optional cluster-restricted attention.
+def ee_block(block: nn.Module, x: Tensor, cls_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+    """One plain timm block on ``(B, N, D)`` tokens, CLS first.
 
     Args:
-        block: a timm ``Block`` (pre-norm, ``attn`` of timm's ``Attention`` layout).
-        x: ``(B, N, D)`` tokens, CLS first.
-        n_target: ``None`` for full self-attention; otherwise the number ``T`` of target tokens
-            that follow CLS, the rest being the non-target cluster.
-        want_cls_attn: also return the head-averaged CLS→patch attention ``(B, N − 1)``
-            (CLS-first layout only).
-        cls_mid: with ``n_target``, the layout is ``[target (T), CLS, non-target]`` instead of
-            ``[CLS, target, non-target]`` (the fast layout: no key/value copies).
-        want_cls_logits: instead, return the CLS query's *scaled* logits to every key
-            ``(B, H, N)`` (one matmul), so that a caller collecting them over blocks can run the
-            softmax and head average once for all blocks.
+        block: a timm ``Block``.
+        x: the tokens.
+        cls_logits: also return the CLS query's scaled attention logits to every key,
+            ``(B, H, N)``, so that a caller collecting them over blocks runs the softmax and the
+            head average once for all blocks.
 
     Returns:
-        The block output and the CLS attention row or logits (or ``None``).
+        The block output, and the CLS logits or ``None``.
     """
     attn = block.attn
     y = block.norm1(x)
     q, k, v = _qkv(attn, y)
-    dropout = attn.attn_drop.p if attn.training else 0.0
-    if n_target is None:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout).transpose(1, 2)
-    elif cls_mid:
-        out = _clustered_sdpa_mid(q, k, v, n_target, dropout)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout(attn)).transpose(1, 2)
+    row = (q[:, :, :1] @ k.transpose(-2, -1)).squeeze(2) * attn.scale if cls_logits else None
+    return _finish(block, x, y, out), row
+
+
+def cluster_block(block: nn.Module, x: Tensor, n_target: int, within_clusters: bool = True) -> Tensor:
+    """One timm block on a ``[target (T), CLS, non-target (M)]`` sequence.
+
+    Args:
+        block: a timm ``Block``.
+        x: ``(B, T + 1 + M, D)`` tokens.
+        n_target: ``T``.
+        within_clusters: attention within each cluster (CLS sees all); ``False`` runs full
+            attention over the whole sequence (the ablation of the cluster attention).
+    """
+    attn = block.attn
+    y = block.norm1(x)
+    q, k, v = _qkv(attn, y)
+    t, n, p = n_target, q.shape[2], _dropout(attn)
+    if not within_clusters or n == t + 1:  # full attention, or the whole image is target
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
     else:
-        out = _clustered_sdpa(q, k, v, n_target, dropout)
-    if want_cls_attn:
-        cls_attn = cls_attention(q, k, attn.scale)
-    elif want_cls_logits:
-        cls_attn = cls_logits(q, k) * attn.scale
-    else:
-        cls_attn = None
-    x = x + block.drop_path1(block.ls1(_project(attn, y, out)))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-    return x, cls_attn
+        parts = [
+            F.scaled_dot_product_attention(q[:, :, :t], k[:, :, :t + 1], v[:, :, :t + 1], dropout_p=p),
+            F.scaled_dot_product_attention(q[:, :, t:t + 1], k, v, dropout_p=p),
+            F.scaled_dot_product_attention(q[:, :, t + 1:], k[:, :, t:], v[:, :, t:], dropout_p=p),
+        ]
+        out = torch.cat([part.transpose(1, 2) for part in parts], dim=1)
+    return _finish(block, x, y, out)

@@ -22,6 +22,8 @@ from torch import Tensor
 __all__ = [
     "Clusters",
     "best_window",
+    "center_window",
+    "random_window",
     "adaptive_window_size",
     "window_mask",
     "top_k_in_mask",
@@ -77,6 +79,26 @@ def best_window(gca: Tensor, m: int) -> tuple[Tensor, Tensor]:
     pooled = F.avg_pool2d(gca.unsqueeze(1), m, stride=1).flatten(1)  # (B, (h-m+1)·(w-m+1))
     flat = pooled.argmax(dim=1)
     return flat // (w - m + 1), flat % (w - m + 1)
+
+
+def center_window(batch: int, m: int, grid: tuple[int, int], device: torch.device | str = "cpu"
+                  ) -> tuple[Tensor, Tensor]:
+    """Top-left ``(row, col)`` of the centred ``m×m`` window (the ablation of the GCA window)."""
+    h, w = grid
+    if not 1 <= m <= min(h, w):
+        raise ValueError(f"window side {m} does not fit the {h}×{w} EE grid")
+    return (torch.full((batch,), (h - m) // 2, dtype=torch.long, device=device),
+            torch.full((batch,), (w - m) // 2, dtype=torch.long, device=device))
+
+
+def random_window(batch: int, m: int, grid: tuple[int, int], device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Top-left ``(row, col)`` of a uniformly random ``m×m`` window per image (an ablation)."""
+    h, w = grid
+    if not 1 <= m <= min(h, w):
+        raise ValueError(f"window side {m} does not fit the {h}×{w} EE grid")
+    return (torch.randint(0, h - m + 1, (batch,), device=device, generator=generator),
+            torch.randint(0, w - m + 1, (batch,), device=device, generator=generator))
 
 
 def adaptive_window_size(gca: Tensor, sizes: tuple[int, ...], rho: float) -> Tensor:
@@ -137,9 +159,11 @@ def parent_index(fine: Tensor, grid: tuple[int, int], scale: int) -> Tensor:
 
 
 def window_to_box(row: Tensor, col: Tensor, m: Tensor | int, token_px: int) -> Tensor:
-    """``(B, 4)`` pixel box ``(x0, y0, x1, y1)`` of a window; ``token_px`` = pixels per EE token."""
-    m = torch.as_tensor(m, device=row.device)
-    return torch.stack([col, row, col + m, row + m], dim=1).expand(row.shape[0], 4) * token_px
+    """``(B, 4)`` pixel box ``(x0, y0, x1, y1)`` of a window; ``token_px`` = pixels per EE token.
+
+    ``m`` is an int (no tensor is built from it, so nothing is copied to the device) or ``(B,)``.
+    """
+    return torch.stack([col, row, col + m, row + m], dim=1) * token_px
 
 
 def box_to_window(box: Tensor, token_px: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import FeatureGetterNet
+from timm.models._builder import pretrained_cfg_for_features
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from ..config import SACConfig
 from .sacvit import SACViT
 
 __all__ = ["read_state_dict", "load_backbone_weights"]
@@ -110,14 +111,29 @@ DEMO_ARGS = dict(img_size=112, patch_size=8, embed_dim=64, depth=4, num_heads=2,
 
 
 def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
+    """Build ``variant``, load a local checkpoint, and wrap it for ``features_only`` as timm does.
+
+    The weights are loaded before the feature wrapper prunes the unused blocks and head, so
+    ``features_only=True`` works with ``checkpoint=PATH`` too.
+    """
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     checkpoint = kwargs.pop("checkpoint", None) or overlay.get("file")
     if pretrained and not checkpoint:
         raise ValueError(f"{variant}: sacvit never downloads weights; pass checkpoint=PATH "
                          f"or pretrained_cfg_overlay=dict(file=PATH) with a local DeiT/timm file")
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", 3)  # timm's ViT default: the last three blocks
+    feature_cls = kwargs.pop("feature_cls", "getter")
+    if features_only and feature_cls not in ("getter", FeatureGetterNet):
+        raise ValueError(f"{variant}: features_only supports feature_cls='getter' "
+                         f"(forward_intermediates), as timm's ViT does; got {feature_cls!r}")
     model = build_model_with_cfg(model_cls, variant, pretrained=False, **kwargs)
     if checkpoint:
         load_backbone_weights(model, checkpoint)
+    if features_only:
+        cfg = model.pretrained_cfg
+        model = FeatureGetterNet(model, out_indices=out_indices)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(cfg)
     return model
 
 
@@ -153,10 +169,9 @@ def sacvit_deit_small_patch16_288(pretrained: bool = False, **kwargs: Any) -> SA
 def sacvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> SACViT:
     """CPU demo SAC-ViT: 112 px full / 56 px EE at patch 8 keeps the paper's 14×14 / 7×7 geometry.
 
-    Its 4 blocks accumulate the global class attention from block 1 (DeiT's 12 blocks: from 3).
+    Its 4 blocks accumulate the global class attention from block 1 (``gca_start=None``: a quarter
+    of the depth, as DeiT's 12 blocks start at 3).
     """
-    if not isinstance(kwargs.get("sac"), SACConfig):
-        kwargs["sac"] = {"gca_start": 1, **(kwargs.get("sac") or {})}
     return _create("sacvit_demo_patch8_112", SACViT, pretrained, **dict(DEMO_ARGS, **kwargs))
 
 

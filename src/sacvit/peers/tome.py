@@ -23,6 +23,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from sacvit.flops import GIGA, block_macs, patch_embed_macs
+from sacvit.model.attention import check_blocks
 
 __all__ = ["ToMeViT", "bipartite_merge"]
 
@@ -45,12 +46,7 @@ def check_vit(model: nn.Module) -> VisionTransformer:
             f"(got class_token={model.cls_token is not None}, "
             f"num_prefix_tokens={model.num_prefix_tokens}, global_pool={model.global_pool!r})"
         )
-    for i, blk in enumerate(model.blocks):
-        if type(blk) is not Block or type(blk.attn) is not Attention:
-            raise ValueError(f"block {i} is {type(blk).__name__}/{type(blk.attn).__name__}; "
-                             "only timm's standard Block with Attention is supported")
-        if getattr(blk.attn, "gate", None) is not None:
-            raise ValueError(f"block {i} uses gated attention, which is not supported")
+    check_blocks(model.blocks)
     return model
 
 

@@ -1,9 +1,10 @@
 """``sacvit <command>``: one subcommand per user task.
 
-Each command lives in the module that does the work and exposes ``add_parser(subparsers)``,
-which registers its arguments and sets ``func`` to the function that runs it. Errors a user can
-fix (a missing dataset, a bad checkpoint, a wrong argument) are printed as one line, without a
-traceback, and exit with status 2.
+Each command's argument parsing lives in ``sacvit.cli.<command>``, which exposes
+``add_parser(subparsers)``: it registers the arguments and sets ``func`` to the function that
+runs the command through the library. Errors a user can fix (a missing dataset, a bad
+checkpoint, a wrong argument) are printed as one line, without a traceback, and exit with
+status 2.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": "sacvit.engine.train",
-    "eval": "sacvit.engine.evaluate",
-    "bench": "sacvit.bench",
-    "demo": "sacvit.demo",
+    "train": "sacvit.cli.train",
+    "eval": "sacvit.cli.eval",
+    "bench": "sacvit.cli.bench",
+    "demo": "sacvit.cli.demo",
 }
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SAC-ViT: a ViT that exits early on easy images and spends full-resolution "
                     "compute only on the object region of the hard ones.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"sacvit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,0 +1,264 @@
+"""``sacvit bench``: do SAC-ViT's FLOPs savings turn into wall-clock speed?
+
+One run measures, on the same backbone weights and the same images:
+
+* ``deit``     — the plain timm ViT at full resolution (the DeiT baseline every ratio refers to);
+* ``deit-ee``  — the same plain ViT at the early-exit resolution (position embeddings resampled),
+  timed *with* the downsampling of the full-resolution batch;
+* ``sacvit``   — :meth:`SACViT.predict <sacvit.model.sacvit.SACViT.predict>` at several exit
+  thresholds η, or at forced exit shares (the threshold is then the matching quantile of the EE
+  confidences on the bench images — how to benchmark random weights, whose confidences are all
+  alike);
+* ``tome`` / ``evit`` — the training-free token-reduction peers of :mod:`sacvit.peers`.
+
+For every row: throughput (img/s at ``batch``), batch-1 latency (median, p90 and mean over the
+bench images one at a time), mean GMACs per image (closed form; for SAC-ViT the mean of
+``Prediction.gmacs``), the speedup over the baseline, the FLOPs ratio (baseline GMACs / row
+GMACs) and the **realisation** = speedup ÷ FLOPs ratio (1.0: every saved FLOP is saved time).
+With a labelled dataset, also top-1. See :mod:`.rows` for the timing method and :mod:`.profile`
+for the per-part split of ``predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import flops, plots
+from ..report import format_table, write_csv, write_json
+from .environment import amp_context, environment, loadavg, resolve_device
+from .profile import PartsProfile, profile_ops, profile_parts
+from .rows import COLUMNS, TABLE, Row, finish, measure, score
+from .twins import downsample, ee_pixels, exit_threshold, plain_name, plain_twin
+
+__all__ = ["BenchConfig", "METHODS", "DEFAULT_EXIT_SHARES", "run"]
+
+DEFAULT_EXIT_SHARES = (0.9, 0.77, 0.5)
+METHODS = ("deit", "deit-ee", "sacvit", "tome", "evit")
+
+
+@dataclass
+class BenchConfig:
+    """Everything one ``sacvit bench`` run needs (each field is an option of the command)."""
+
+    model: str = "sacvit_deit_small_patch16_224"
+    depth: int | None = None
+    embed_dim: int | None = None
+    num_heads: int | None = None
+    num_classes: int | None = None
+    checkpoint: str | None = None
+    baseline_checkpoint: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
+    split: str = "test"
+    limit: int = 1000
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    thresholds: list[float] | None = None
+    exit_shares: list[float] | None = None
+    tome_r: list[int] = field(default_factory=lambda: [4, 8, 13])
+    evit_keep: list[float] = field(default_factory=lambda: [0.9, 0.7, 0.5])
+    batch: int = 64
+    repeats: int = 10
+    warmup: int | None = None
+    latency_repeats: int = 30
+    interleave: bool = False
+    threads: int | None = None
+    device: str = "cpu"
+    amp: str = "none"
+    compile: bool = False
+    profile: bool = False
+    seed: int = 0
+    out: str = "runs/bench"
+
+    def check(self) -> None:
+        """``ValueError`` for settings that cannot run."""
+        if self.batch < 1 or self.repeats < 1 or self.latency_repeats < 0 or (self.warmup is not None and self.warmup < 0):
+            raise ValueError("--batch and --repeats must be ≥ 1, --warmup and --latency-repeats ≥ 0")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"--methods: unknown {sorted(unknown)}; valid: {', '.join(METHODS)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be ≥ 1")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.baseline_checkpoint and not self.checkpoint:
+            raise ValueError("--baseline-checkpoint needs --checkpoint (the trained SAC-ViT to compare)")
+        for share in self.exit_shares or ():
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"exit share must be in [0, 1], got {share}")
+
+
+def _overrides(cfg: BenchConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in ("depth", "embed_dim", "num_heads", "num_classes") if getattr(cfg, k) is not None}
+
+
+def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.Module, str, str]:
+    """The SAC-ViT, the plain full-resolution baseline, and their names."""
+    import timm
+
+    from ..model.sacvit import SACViT
+
+    if cfg.checkpoint:
+        from ..engine.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(cfg.checkpoint, map_location=device)
+        name = meta.get("model_name", type(model).__name__)
+        twin_kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in ("sac", "checkpoint")}
+        if not isinstance(model, SACViT):
+            raise ValueError(f"{cfg.checkpoint} holds a {type(model).__name__} ({name}), not a SAC-ViT")
+    else:
+        import sacvit  # noqa: F401  (registers the sacvit_* variants)
+
+        name, twin_kwargs = cfg.model, _overrides(cfg)
+        torch.manual_seed(cfg.seed)
+        try:
+            model = timm.create_model(name, **twin_kwargs)
+        except RuntimeError as err:  # timm: unknown model
+            raise ValueError(f"--model {name}: {err}") from err
+        if not isinstance(model, SACViT):
+            raise ValueError(f"--model {name} is not a SAC-ViT variant (try sacvit_deit_small_patch16_224)")
+    model = model.to(device).eval()
+    if cfg.baseline_checkpoint:
+        from ..engine.checkpoint import load_checkpoint
+
+        base, bmeta = load_checkpoint(cfg.baseline_checkpoint, map_location=device)
+        base_name = bmeta.get("model_name", type(base).__name__)
+        if tuple(base.patch_embed.img_size) != tuple(model.patch_embed.img_size):
+            raise ValueError(f"{cfg.baseline_checkpoint}: input size {tuple(base.patch_embed.img_size)} "
+                             f"differs from the SAC-ViT's {tuple(model.patch_embed.img_size)}")
+        if isinstance(base, SACViT):
+            base = plain_twin(base)
+    else:
+        base_name = plain_name(name)
+        base = plain_twin(model, name=base_name, **twin_kwargs)
+    return model, base.to(device).eval(), name, base_name
+
+
+def bench_images(cfg: BenchConfig, model: nn.Module, device: torch.device):
+    """The bench batch and, with ``cfg.data``, the labelled evaluation set."""
+    size = tuple(model.patch_embed.img_size)
+    dataset = None
+    if cfg.data:
+        from ..data import build_dataset
+
+        dataset = build_dataset(cfg.data, cfg.data_dir, split=cfg.split, img_size=size[0], length=cfg.limit)
+        n_classes = len(getattr(dataset, "classes", [])) or None
+        if n_classes is not None and n_classes != model.num_classes:
+            raise ValueError(f"--data {cfg.data} has {n_classes} classes, the model {model.num_classes}")
+        x = torch.stack([dataset[i][0] for i in range(min(cfg.batch, len(dataset)))])
+        if x.shape[0] < cfg.batch:  # repeat the images to fill the bench batch
+            x = x.repeat((cfg.batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:cfg.batch]
+    else:
+        g = torch.Generator().manual_seed(cfg.seed)
+        x = torch.randn(cfg.batch, model.patch_embed.proj.in_channels, *size, generator=g)
+    return x.to(device), dataset
+
+
+def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, base_name: str,
+               x: Tensor, amp: torch.dtype | None) -> list[Row]:
+    """One :class:`Row` per method and setting, the baseline first."""
+    from ..peers import build_peer
+
+    methods = set(cfg.methods)
+    ee_px = ee_pixels(model)
+    full_px = tuple(model.patch_embed.img_size)
+    rows: list[Row] = []
+    plain_full, plain_ee = base, plain_twin(base, ee_px)
+    compile_ = (lambda m: torch.compile(m)) if cfg.compile else (lambda m: m)
+    if cfg.compile:
+        model.forward_ee = torch.compile(model.forward_ee)
+        model.sac_blocks = torch.compile(model.sac_blocks, dynamic=True)
+    f_full, f_ee = compile_(plain_full), compile_(plain_ee)
+    rows.append(Row("deit", f"full {full_px[0]}px", base_name, f_full, gmacs=flops.vit_gmacs(plain_full)))
+    if "deit-ee" in methods:
+        rows.append(Row("deit-ee", f"EE {ee_px[0]}px (+downsample)", base_name,
+                        lambda t: f_ee(downsample(t, ee_px)), gmacs=flops.vit_gmacs(plain_ee)))
+    if "sacvit" in methods:
+        settings: list[tuple[float, str]] = []
+        if cfg.exit_shares:
+            with torch.inference_mode(), amp_context(x.device, amp):
+                conf = model.forward_ee(x, need_gca=False).logits.float().softmax(-1).amax(-1)
+            for share in cfg.exit_shares:
+                thr = exit_threshold(conf, share)
+                settings.append((thr, f"exit {share:g} (η={thr:.4g})"))
+        for thr in cfg.thresholds or ():
+            settings.append((thr, f"η={thr:g}"))
+        for thr, label in settings:
+            rows.append(Row("sacvit", label, name, lambda t, thr=thr: model.predict(t, thr), threshold=thr))
+    if "tome" in methods:
+        for r in cfg.tome_r:
+            peer = build_peer("tome", plain_full, r=r)
+            rows.append(Row("tome", f"r={r}", base_name, compile_(peer), gmacs=peer.gmacs()))
+    if "evit" in methods:
+        for keep in cfg.evit_keep:
+            peer = build_peer("evit", plain_full, keep_rate=keep)
+            rows.append(Row("evit", f"keep={keep:g}", base_name, compile_(peer), gmacs=peer.gmacs()))
+    return rows
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark, print its table (and profile) and write its files under ``cfg.out``.
+
+    Returns:
+        ``{"rows": [...], "profile": PartsProfile | None, "paths": {...}}``.
+    """
+    cfg.check()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    if not cfg.exit_shares and not cfg.thresholds:
+        if cfg.checkpoint:
+            cfg.thresholds = [0.6, 0.76, 0.9]
+        else:
+            cfg.exit_shares = list(DEFAULT_EXIT_SHARES)
+
+    model, base, name, base_name = load_models(cfg, device)
+    x, dataset = bench_images(cfg, model, device)
+    rows = build_rows(cfg, model, base, name, base_name, x, amp)
+    env = environment(device)
+    load = env["loadavg_1m"]
+    busy = load is not None and load > (env["cpu_count"] or 1) * 0.5
+    warmup = cfg.warmup if cfg.warmup is not None else max(1, math.ceil(cfg.repeats / 3))
+    print(f"sacvit bench: {name} on {device} ({env['cpu'] if device.type == 'cpu' else env.get('gpu')}), "
+          f"torch {env['torch']}, threads {env['threads']} (torch.get_num_threads), batch {cfg.batch}, "
+          f"amp {cfg.amp}, compile {cfg.compile}")
+    print(f"  {len(rows)} rows; {cfg.repeats} timed + {warmup} warm-up runs each, median; latency: batch 1, "
+          f"{cfg.latency_repeats} runs" + (f"; load average {load:.2f}" if load is not None else "")
+          + (" — the machine is busy: timings are noisy (fewer --threads and --interleave help; "
+             "batch-1 latency with several threads suffers most)" if busy else ""))
+    measure(rows, x, repeats=cfg.repeats, warmup=warmup, latency_repeats=cfg.latency_repeats,
+            interleave=cfg.interleave, amp=amp, compiled=cfg.compile)
+    if dataset is not None:
+        score(rows, dataset, cfg.batch, device, amp)
+    results = finish(rows, cfg.batch)
+    env["loadavg_1m_end"] = loadavg()
+    print(format_table(results, TABLE, left=2))
+
+    profile: PartsProfile | None = None
+    if cfg.profile:
+        sac_rows = [r for r in rows if r.method == "sacvit"]
+        if not sac_rows:
+            raise ValueError("--profile needs a sacvit row (--methods with sacvit)")
+        pick = min(sac_rows, key=lambda r: abs((r.exit_share or 0) - 0.77))
+        profile = profile_parts(model, x, pick.threshold, repeats=cfg.repeats, warmup=1, amp=amp)
+        print()
+        print(profile.table())
+    out = Path(cfg.out)
+    title = (f"{name} vs {base_name}, {device}, {env['threads']} threads, batch {cfg.batch}"
+             + (f", amp {cfg.amp}" if amp else ""))
+    paths = {"csv": write_csv(out / "bench.csv", results, COLUMNS),
+             "json": write_json(out / "bench.json", {"env": env, "config": dataclasses.asdict(cfg), "rows": results,
+                                                     "profile": None if profile is None else profile.to_dict()}),
+             "png": plots.bench(results, out / "bench.png", title)}
+    if profile is not None:
+        paths["profile"] = out / "profile.txt"
+        paths["profile"].write_text(profile.table() + "\n\n" + profile_ops(model, x, profile.threshold, amp) + "\n")
+    print("wrote " + "  ".join(str(p) for p in paths.values()))
+    return {"rows": results, "profile": profile, "paths": paths}

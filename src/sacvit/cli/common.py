@@ -1,0 +1,52 @@
+"""Pieces every command's parser shares: the help formatter and the option value types."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+__all__ = ["HelpFormatter", "json_dict", "number_list", "thresholds"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the example block's line breaks; append ``(default: X)`` unless the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, True, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def json_dict(text: str) -> dict[str, Any]:
+    """An option value that must be a JSON object, e.g. ``'{"window": 5}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"window\": 5}'")
+    return value
+
+
+def number_list(kind: Callable[[str], Any] = float, lo: float | None = None,
+                hi: float | None = None) -> Callable[[str], list[Any]]:
+    """An option value of comma-separated numbers of ``kind``, each in ``[lo, hi]`` when given."""
+    what = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
+            raise argparse.ArgumentTypeError(f"values must be in [{lo}, {hi}], got {text!r}")
+        return values
+
+    return parse
+
+
+thresholds = number_list(float, 0.0, 1.0)

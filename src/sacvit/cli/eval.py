@@ -1,0 +1,73 @@
+"""``sacvit eval``: the threshold sweep of a checkpoint on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import plots
+from ..data import DATASET_NAMES, SPLITS, build_dataset
+from ..engine.checkpoint import load_checkpoint, read_metadata
+from ..engine.evaluate import COLUMNS, DEFAULT_THRESHOLDS, TABLE, evaluate
+from ..report import format_table, write_csv
+from .common import HelpFormatter, thresholds
+
+__all__ = ["add_parser"]
+
+_EXAMPLES = """\
+example:
+  sacvit eval --checkpoint runs/sacvit_demo/last.safetensors \\
+      --baseline runs/deit_demo/last.safetensors --thresholds 0.5,0.6,0.7,0.8,0.9 --out runs/eval_demo
+
+Writes OUT/results.csv, OUT/accuracy_vs_gmacs.png and OUT/per_stage.png and prints the table:
+one row per threshold, "EE only" (η=0), "SAC only" (η=1.01) and the baseline, with the 95%
+interval of each top-1, the exit share and the accuracy of the images that exit / go through SAC.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``sacvit eval``."""
+    p = subparsers.add_parser(
+        "eval", help="threshold sweep of a SAC-ViT checkpoint: accuracy, exit share, GMACs, img/s",
+        description="Evaluate a SAC-ViT checkpoint at several exit thresholds, optionally against a "
+                    "plain ViT baseline checkpoint, on one split of a dataset (default: the test split).",
+        epilog=_EXAMPLES, formatter_class=HelpFormatter)
+    a = p.add_argument
+    a("--checkpoint", required=True, help="SAC-ViT checkpoint written by `sacvit train`")
+    a("--baseline", default=None, help="plain ViT checkpoint written by `sacvit train`")
+    a("--model", default=None, help="fail unless the checkpoint is for this timm model name")
+    a("--thresholds", type=thresholds, default=",".join(map(str, DEFAULT_THRESHOLDS)), help="comma-separated exit thresholds η")
+    a("--data", choices=DATASET_NAMES, default="cluttered-fmnist", help="dataset")
+    a("--data-dir", default=None, help="dataset folder (default for Fashion-MNIST: the system copy)")
+    a("--split", choices=SPLITS, default="test", help="split to evaluate on")
+    a("--length", type=int, default=None, help="use only this many images of the split")
+    a("--seed", type=int, default=0, help="layout seed of generated data (use the training seed)")
+    a("--batch-size", type=int, default=64, help="batch size")
+    a("--workers", type=int, default=0, help="DataLoader workers")
+    a("--timing-batches", type=int, default=8, help="batches timed per row for img/s (0: no timing)")
+    a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    a("--out", default="runs/eval", help="output folder for results.csv and the plots")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    meta = read_metadata(args.checkpoint)
+    if args.model and meta["model_name"] != args.model:
+        raise ValueError(f"{args.checkpoint} is a checkpoint for model {meta['model_name']!r}, not {args.model!r}")
+    if args.baseline:
+        read_metadata(args.baseline)
+    model, _ = load_checkpoint(args.checkpoint)
+    img_size = model.patch_embed.img_size[0]
+    dataset = build_dataset(args.data, args.data_dir, args.split, img_size, length=args.length, seed=args.seed)
+    device = None if args.device == "auto" else args.device
+    rows = evaluate(model, dataset, args.thresholds, args.batch_size, args.baseline, device=device,
+                    workers=args.workers, timing_batches=args.timing_batches)
+    for r in rows:
+        r["model"] = meta["model_name"] if r["mode"] != "baseline" else r["model"]
+    print(format_table(rows, TABLE))
+    title = f"{meta['model_name']} on {args.data} ({args.split}, {len(dataset)} images)"
+    paths = [write_csv(f"{args.out}/results.csv", rows, COLUMNS),
+             plots.accuracy_vs_gmacs(rows, f"{args.out}/accuracy_vs_gmacs.png", title),
+             plots.per_stage(rows, f"{args.out}/per_stage.png", title)]
+    print("wrote " + "  ".join(map(str, paths)))
+    return 0

@@ -1,0 +1,166 @@
+"""Every dataset by name, in its three splits, optionally pre-rendered into memory and cached.
+
+Splits, the same for every dataset:
+
+* ``"train"`` — what models are trained on;
+* ``"holdout"`` — training images held out from ``"train"``, never trained on: the validation
+  curve, checkpoint selection and the calibration of η are done on it;
+* ``"test"`` — the split results are reported on (Fashion-MNIST's 10k test images; an image
+  folder's ``test/`` or, as for ImageNet, ``val/`` sub-folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cluttered import ClutteredFashionMNIST, TensorImageDataset, materialize
+from .fashion_mnist import DEFAULT_FMNIST_DIR, FashionMNIST, load_fashion_mnist
+from .imagefolder import build_imagefolder
+from .synthetic import synthetic_dataset
+
+__all__ = ["DATASET_NAMES", "SPLITS", "build_dataset", "default_holdout", "default_img_size"]
+
+#: Every dataset name a command accepts.
+DATASET_NAMES = ("cluttered-fmnist", "cluttered-fmnist-v1", "fmnist", "imagefolder", "synthetic")
+SPLITS = ("train", "holdout", "test")
+_DEFAULT_SIZE = {"cluttered-fmnist": 112, "cluttered-fmnist-v1": 112, "fmnist": 28, "imagefolder": 224,
+                 "synthetic": 32}
+_STYLE = {"cluttered-fmnist": "v2", "cluttered-fmnist-v1": "v1"}
+_SYNTHETIC_LENGTH = {"train": 256, "holdout": 64, "test": 64}
+_SYNTHETIC_SEED = {"train": 0, "test": 1, "holdout": 2}
+
+
+def default_img_size(name: str) -> int:
+    """The natural image side of dataset ``name``."""
+    _check_name(name)
+    return _DEFAULT_SIZE[name]
+
+
+def default_holdout(n_train: int) -> int:
+    """Images held out of ``n_train`` training images: 10 000, or a sixth of a smaller set."""
+    return min(10_000, n_train // 6)
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
+def build_dataset(
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    img_size: int | None = None,
+    *,
+    length: int | None = None,
+    holdout: int | None = None,
+    seed: int = 0,
+    is_training: bool = False,
+    prerender: bool = False,
+    cache_dir: str | Path | None = None,
+    main: bool = True,
+    world: int = 1,
+) -> Dataset:
+    """One split of a dataset of :data:`DATASET_NAMES`, with a ``classes`` attribute.
+
+    Args:
+        name: dataset name.
+        root: data folder (``None``: the system copy for Fashion-MNIST; required for image folders).
+        split: one of :data:`SPLITS`.
+        img_size: image side in pixels (default: :func:`default_img_size`).
+        length: keep only the first ``length`` images (a seeded random subset for image folders).
+        holdout: training images held out for ``"holdout"`` (default: :func:`default_holdout`).
+        seed: layout seed (cluttered, synthetic) or subset seed (image folders).
+        is_training: training augmentation (image folders only; the others are deterministic).
+        prerender: render generated data (Fashion-MNIST based) into memory once.
+        cache_dir: with ``prerender``, keep the rendered arrays in an ``.npz`` cache here.
+        main: this process writes the cache file; with ``world > 1`` the others wait for it.
+        world: number of processes (a barrier is used when > 1 and caching).
+
+    Raises:
+        ValueError: unknown name or split, or unusable data; DatasetNotFoundError: missing data.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    size = img_size if img_size is not None else _DEFAULT_SIZE[name]
+    if name == "synthetic":
+        n = length if length is not None else _SYNTHETIC_LENGTH[split]
+        return synthetic_dataset(n, size, seed=seed + _SYNTHETIC_SEED[split])
+    if name == "imagefolder":
+        if root is None:
+            raise ValueError("dataset 'imagefolder' needs a folder (--data-dir) with train/ and test/ or val/")
+        ds = _imagefolder(Path(root), split, size, is_training, holdout, length, seed)
+    else:
+        root = root if root is not None else DEFAULT_FMNIST_DIR
+        hold = holdout
+        if hold is None:
+            hold = 0 if split == "test" else default_holdout(len(load_fashion_mnist(root, "train")[1]))
+        if name == "fmnist":
+            ds = FashionMNIST(root, split, img_size=size, holdout=hold, length=length)
+        else:
+            ds = ClutteredFashionMNIST(root, split, img_size=size, style=_STYLE[name], holdout=hold,
+                                       seed=seed, length=length)
+    if len(ds) == 0:
+        raise ValueError(f"dataset {name!r} split {split!r} at {root} has no images")
+    if prerender and hasattr(ds, "raw"):
+        return _prerendered(ds, name, root, cache_dir, main, world)
+    return ds
+
+
+def _imagefolder(root: Path, split: str, size: int, is_training: bool, holdout: int | None,
+                 length: int | None, seed: int) -> Dataset:
+    if split == "test":
+        ds = build_imagefolder(root, "test" if (root / "test").is_dir() else "val", size)
+    else:
+        ds = build_imagefolder(root, "train", size, is_training=is_training and split == "train")
+        n = len(ds.samples)
+        hold = default_holdout(n) if holdout is None else holdout
+        if not 0 <= hold < n:
+            raise ValueError(f"holdout={hold} must be in [0, {n}) training images of {root / 'train'}")
+        if split == "holdout" and hold == 0:
+            raise ValueError("the 'holdout' split is empty: pass --holdout N > 0")
+        # the same held-out images whatever the training seed: a fixed permutation
+        held = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:hold].tolist())
+        _keep(ds, [i for i in range(n) if (i in held) == (split == "holdout")])
+    if length is not None and length < len(ds.samples):
+        pick = torch.randperm(len(ds.samples), generator=torch.Generator().manual_seed(seed))[:length]
+        _keep(ds, sorted(pick.tolist()))
+    return ds
+
+
+def _keep(ds, indices: list[int]) -> None:
+    ds.samples = [ds.samples[i] for i in indices]
+    ds.imgs, ds.targets = ds.samples, [t for _, t in ds.samples]
+
+
+def _prerendered(ds, name: str, root, cache_dir: str | Path | None, main: bool, world: int) -> Dataset:
+    """``ds`` rendered into memory once, through an ``.npz`` cache when ``cache_dir`` is given."""
+    import torch.distributed as dist
+
+    key = ds.cache_key()
+    tag = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    cache = None if cache_dir is None else Path(cache_dir) / f"{name}_{key}_{tag}.npz"
+    loaded = None
+    if cache is not None and main and not cache.is_file():
+        images, labels = materialize(ds)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images.numpy(), labels=labels.numpy())
+        os.replace(tmp, cache)
+        loaded = images, labels
+    if cache is not None and world > 1:
+        dist.barrier()  # the other ranks wait for rank 0's file
+    if loaded is None:
+        if cache is not None:
+            with np.load(cache) as f:
+                loaded = torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
+        else:
+            loaded = materialize(ds)
+    return TensorImageDataset(*loaded, normalize=ds.normalize, classes=ds.classes)
