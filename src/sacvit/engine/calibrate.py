@@ -1,0 +1,122 @@
+"""Choosing the exit threshold η on held-out data, for a compute or an accuracy budget.
+
+Which images exit depends only on how η falls between their EE confidences, so every distinct
+operating point is "the ``k`` most confident images exit", ``k = 0 … N``. :func:`curve` computes
+the accuracy and mean GMACs of all of them at once from per-image :class:`StageRecords` (sorted
+cumulative sums, no loop over thresholds); :func:`choose_threshold` picks the point that meets a
+budget and returns an η in the middle of its confidence gap, so that a recomputation with
+rounding-level differences exits the same images.
+
+η must be chosen on a split the reported numbers do not come from (the ``holdout`` split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluate import SAC_ONLY, StageRecords
+
+__all__ = ["Curve", "Choice", "curve", "choose_threshold"]
+
+
+@dataclass
+class Curve:
+    """Every operating point of a threshold sweep: ``k`` most confident images exit, ``k = 0…N``.
+
+    Attributes:
+        threshold: ``(N+1,)`` an η that realises each point (descending: ``k = 0`` is SAC only).
+        top1: ``(N+1,)`` accuracy in %.
+        gmacs: ``(N+1,)`` mean GMACs per image.
+        exit_share: ``(N+1,)`` share of images that exit at EE.
+    """
+
+    threshold: np.ndarray
+    top1: np.ndarray
+    gmacs: np.ndarray
+    exit_share: np.ndarray
+
+
+@dataclass
+class Choice:
+    """The chosen operating point and why."""
+
+    threshold: float
+    top1: float
+    gmacs: float
+    exit_share: float
+    criterion: str
+    images: int
+
+    def to_dict(self) -> dict[str, float | str | int]:
+        return dict(self.__dict__)
+
+
+def curve(records: StageRecords) -> Curve:
+    """All ``N + 1`` operating points of ``records`` (see the module docstring)."""
+    n = len(records)
+    if n == 0:
+        raise ValueError("cannot calibrate on an empty split")
+    order = np.argsort(-records.confidence, kind="stable")
+    conf = records.confidence[order].astype(np.float64)
+    zero = np.zeros(1)
+    ee_ok = np.concatenate([zero, np.cumsum(records.correct_ee[order])])
+    sac_ok = records.correct_sac[order].sum() - np.concatenate([zero, np.cumsum(records.correct_sac[order])])
+    ee_g = np.concatenate([zero, np.cumsum(records.gmacs_ee[order], dtype=np.float64)])
+    sac_g = records.gmacs_sac.sum(dtype=np.float64) - np.concatenate([zero, np.cumsum(records.gmacs_sac[order],
+                                                                                      dtype=np.float64)])
+    # k images exit when η lies in (conf[k], conf[k-1]]: take the midpoint (ties cannot be split)
+    thr = np.empty(n + 1)
+    thr[0], thr[n] = SAC_ONLY, 0.0
+    thr[1:n] = (conf[:-1] + conf[1:]) / 2
+    valid = np.ones(n + 1, dtype=bool)
+    valid[1:n] = conf[:-1] > conf[1:]  # equal confidences exit together: no η between them
+    k = np.arange(n + 1)[valid]
+    return Curve(threshold=thr[valid], top1=100 * (ee_ok + sac_ok)[valid] / n, gmacs=(ee_g + sac_g)[valid] / n,
+                 exit_share=k / n)
+
+
+def choose_threshold(records: StageRecords, *, budget_gmacs: float | None = None, max_drop: float | None = None,
+                     reference_top1: float | None = None, exit_share: float | None = None) -> Choice:
+    """The operating point that meets exactly one budget.
+
+    Args:
+        records: per-image results on a held-out split.
+        budget_gmacs: the most accurate point whose mean GMACs per image is ≤ this (ties: cheaper).
+        max_drop: the cheapest point at most this many points below ``reference_top1`` (default
+            reference: the SAC-only accuracy on the same images).
+        reference_top1: the accuracy ``max_drop`` is measured from (e.g. a baseline's, in %).
+        exit_share: the most accurate point where at least this share of the images exits.
+
+    Raises:
+        ValueError: not exactly one budget given, or no threshold meets it (the message says what
+            the closest point reaches).
+    """
+    given = [v is not None for v in (budget_gmacs, max_drop, exit_share)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of budget_gmacs, max_drop and exit_share")
+    c = curve(records)
+    if budget_gmacs is not None:
+        ok = c.gmacs <= budget_gmacs + 1e-12
+        if not ok.any():
+            raise ValueError(f"no threshold meets {budget_gmacs:g} GMACs per image: exiting every image at EE "
+                             f"costs {c.gmacs.min():.4g}")
+        best = np.flatnonzero(ok)[np.lexsort((c.gmacs[ok], -c.top1[ok]))[0]]
+        criterion = f"most accurate at ≤ {budget_gmacs:g} GMACs/image"
+    elif max_drop is not None:
+        ref = float(c.top1[0]) if reference_top1 is None else float(reference_top1)
+        ok = c.top1 >= ref - max_drop - 1e-9
+        if not ok.any():
+            raise ValueError(f"no threshold is within {max_drop:g} points of {ref:.2f}%: the best reaches "
+                             f"{c.top1.max():.2f}%")
+        best = np.flatnonzero(ok)[np.argmin(c.gmacs[ok])]
+        criterion = f"cheapest within {max_drop:g} pt of {ref:.2f}%"
+    else:
+        if not 0.0 <= exit_share <= 1.0:
+            raise ValueError(f"exit_share must be in [0, 1], got {exit_share}")
+        ok = c.exit_share >= exit_share - 1e-12
+        best = np.flatnonzero(ok)[np.lexsort((c.gmacs[ok], -c.top1[ok]))[0]]
+        criterion = f"most accurate with ≥ {exit_share:.0%} exiting at EE"
+    return Choice(threshold=float(c.threshold[best]), top1=float(c.top1[best]), gmacs=float(c.gmacs[best]),
+                  exit_share=float(c.exit_share[best]), criterion=criterion, images=len(records))
