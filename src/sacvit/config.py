@@ -10,14 +10,53 @@ DESIGN.md is a field here so it can be changed and compared.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["SACConfig"]
+__all__ = ["SACConfig", "ConfigTypeError"]
 
 ClusterMode = Literal["window", "adaptive"]
 WindowPolicy = Literal["gca", "center", "random"]
 AttentionMode = Literal["cluster", "full"]
+
+
+class ConfigTypeError(TypeError, ValueError):
+    """A configuration value of the wrong type (both a ``TypeError`` and a ``ValueError``)."""
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (int, float, bool, str, Literal, X | None, tuple[int, ...])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in words for an error message: ``an int or None``, ``one of 'a', 'b'`` …"""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return "None" if hint is type(None) else f"{'an' if hint is int else 'a'} {hint.__name__}"
 
 
 @dataclass
@@ -68,6 +107,11 @@ class SACConfig:
     select_after: float = 0.0
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise ConfigTypeError(f"SACConfig.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
         self.adaptive_sizes = tuple(int(s) for s in self.adaptive_sizes)
         checks = [
             (self.ee_scale >= 1, f"ee_scale must be ≥ 1, got {self.ee_scale}"),
@@ -98,7 +142,14 @@ class SACConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: unknown keys or a value out of range.
+            ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
+        """
+        if not isinstance(d, dict):
+            raise ConfigTypeError(f"a SACConfig must be a JSON object / dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
