@@ -66,6 +66,7 @@ def build_dataset(
     cache_dir: str | Path | None = None,
     main: bool = True,
     world: int = 1,
+    strict: bool = False,
 ) -> Dataset:
     """One split of a dataset of :data:`DATASET_NAMES`, with a ``classes`` attribute.
 

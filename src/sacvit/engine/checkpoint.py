@@ -8,11 +8,16 @@ number of finished epochs and the metrics of that epoch. When an optimizer is gi
 plain Python values and is always read with ``torch.load(weights_only=True)``.
 
 Every file is written to a temporary name in the same folder, flushed to disk and moved into
-place with :func:`os.replace`, so a crash never leaves a half-written checkpoint.
+place with :func:`os.replace`, so a crash never leaves a half-written checkpoint. The metadata
+also holds ``weights_sha256``, a digest of the tensors (:func:`weights_digest`) that
+:func:`load_checkpoint` verifies, so a damaged or modified weights file is refused. Training
+checkpoints (weights + optimizer and RNG state as one unit) are built from these files by
+:mod:`.train_state`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -25,8 +30,12 @@ from torch import nn
 from ..config import SACConfig
 
 __all__ = [
+    "CheckpointError",
     "CheckpointNotFoundError",
     "FORMAT",
+    "atomic_write",
+    "sha256_file",
+    "weights_digest",
     "load_checkpoint",
     "load_training_state",
     "read_metadata",
@@ -41,14 +50,22 @@ class CheckpointNotFoundError(FileNotFoundError, ValueError):
     """A checkpoint file is missing (both a ``FileNotFoundError`` and a ``ValueError``)."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, truncated, of a foreign format or fails its SHA-256 check."""
+
+
 def state_path(path: str | Path) -> Path:
     """The training-state sidecar of a checkpoint: ``last.safetensors`` → ``last.state.pt``."""
     path = Path(path)
     return path.with_name(path.name.removesuffix(".safetensors") + ".state.pt")
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_name)`` then move the finished file to ``path`` (same folder, atomic)."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_name)`` then move the finished file to ``path`` (same folder, atomic).
+
+    The temporary file is flushed to disk before the rename and removed on any error (a full
+    disk included), so ``path`` is either the old file or the complete new one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -63,11 +80,38 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new entries in ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict: every name, dtype, shape and the raw bytes, in name order.
+
+    Independent of the file layout, so it survives a metadata-only rewrite of the file.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -124,10 +168,14 @@ def save_checkpoint(
         state: dict[str, Any] = {"format": FORMAT, "epoch": int(epoch), "optimizer": optimizer.state_dict(),
                                  "scheduler": None if scheduler is None else scheduler.state_dict()}
         state.update(extra_state or {})
-        _atomic_write(state_path(path), lambda tmp: torch.save(state, tmp))
+        atomic_write(state_path(path), lambda tmp: torch.save(state, tmp))
     weights = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=metadata))
+    metadata["weights_sha256"] = weights_digest(weights)
+    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=metadata))
     return path
+
+
+_FIELDS = {"model_kwargs": dict, "sac_config": (dict, type(None)), "class_names": list, "metrics": dict}
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -135,11 +183,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     Returns:
         ``model_name``, ``model_kwargs``, ``sac_config`` (dict or ``None``), ``class_names``,
-        ``epoch``, ``metrics`` and ``path``.
+        ``epoch``, ``metrics``, ``weights_sha256`` (``None`` for files written before sacvit
+        recorded it) and ``path``.
 
     Raises:
         CheckpointNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a readable sacvit checkpoint (message names the path).
+        CheckpointError: ``path`` is not a readable sacvit checkpoint (message names the path).
     """
     from safetensors import safe_open
 
@@ -150,22 +199,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except Exception as err:  # not safetensors, truncated header, …
-        raise ValueError(f"{path} is not a sacvit checkpoint (cannot read a safetensors header: {err})") from err
+        raise CheckpointError(f"{path} is not a sacvit checkpoint (cannot read a safetensors header: "
+                              f"{_one_line(err)})") from err
     if raw.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a sacvit checkpoint (no '{FORMAT}' metadata; "
-                         f"for backbone weights such as DeiT use --init instead)")
+        raise CheckpointError(f"{path} is not a sacvit checkpoint (no '{FORMAT}' metadata; "
+                              f"for backbone weights such as DeiT use --init instead)")
     try:
-        return {
-            "model_name": raw["model_name"],
-            "model_kwargs": json.loads(raw["model_kwargs"]),
-            "sac_config": json.loads(raw["sac_config"]),
-            "class_names": json.loads(raw["class_names"]),
-            "epoch": int(raw["epoch"]),
-            "metrics": json.loads(raw["metrics"]),
-            "path": str(path),
-        }
+        meta = {key: json.loads(raw[key]) for key in _FIELDS}
+        meta.update(model_name=raw["model_name"], epoch=int(raw["epoch"]),
+                    weights_sha256=raw.get("weights_sha256"), path=str(path))
     except (KeyError, ValueError) as err:
-        raise ValueError(f"{path}: corrupt sacvit checkpoint metadata ({err!r})") from err
+        raise CheckpointError(f"{path}: corrupt sacvit checkpoint metadata ({_one_line(err)})") from err
+    wrong = [key for key, kind in _FIELDS.items() if not isinstance(meta[key], kind)]
+    if wrong or not all(isinstance(c, str) for c in meta["class_names"]):
+        raise CheckpointError(f"{path}: corrupt sacvit checkpoint metadata (bad {', '.join(wrong) or 'class_names'})")
+    return meta
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (safetensors and pickle errors can span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_checkpoint(
@@ -184,8 +237,9 @@ def load_checkpoint(
 
     Raises:
         CheckpointNotFoundError: ``path`` does not exist.
-        ValueError: Not a sacvit checkpoint, a checkpoint for another model than
-            ``expected_model``, or weights that do not fit the model; the message names the path.
+        CheckpointError: Not a sacvit checkpoint, damaged (truncated, or weights that fail
+            their SHA-256), or weights that do not fit the model; the message names the path.
+        ValueError: A checkpoint for another model than ``expected_model``.
     """
     import timm
 
@@ -198,16 +252,30 @@ def load_checkpoint(
         raise ValueError(f"{path} is a checkpoint for model {name!r}, not {expected_model!r}")
     kwargs = dict(meta["model_kwargs"])
     if meta["sac_config"] is not None:
-        kwargs["sac"] = SACConfig.from_dict(meta["sac_config"])
-    try:
-        model = timm.create_model(name, **kwargs)
-    except RuntimeError as err:  # timm: unknown model name
-        raise ValueError(f"{path}: cannot create model {name!r}: {err}") from err
+        try:
+            kwargs["sac"] = SACConfig.from_dict(meta["sac_config"])
+        except ValueError as err:
+            raise CheckpointError(f"{path}: corrupt sacvit checkpoint metadata (sac_config: {err})") from err
     try:
         weights = load_file(str(path))
+    except Exception as err:  # truncated data section, …
+        raise CheckpointError(f"{path}: cannot read the weights ({_one_line(err)}); the file is damaged") from err
+    if meta["weights_sha256"] is not None and weights_digest(weights) != meta["weights_sha256"]:
+        raise CheckpointError(f"{path}: the weights do not match their recorded SHA-256; "
+                              f"the file is damaged or was modified")
+    try:
+        with torch.device("meta"):  # shapes first, without allocating: damaged kwargs can ask for any size
+            shapes = {k: v.shape for k, v in timm.create_model(name, **kwargs).state_dict().items()}
+    except Exception as err:  # unknown model name, bad kwargs
+        raise CheckpointError(f"{path}: cannot create model {name!r}: {_one_line(err)}") from err
+    if shapes != {k: v.shape for k, v in weights.items()}:
+        raise CheckpointError(f"{path}: weights do not fit model {name!r} with {meta['model_kwargs']} "
+                              f"(different parameter names or shapes)")
+    try:
+        model = timm.create_model(name, **kwargs)
         model.load_state_dict(weights, strict=True)
     except Exception as err:
-        raise ValueError(f"{path}: weights do not fit model {name!r}: {err}") from err
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {_one_line(err)}") from err
     return model.to(map_location).eval(), meta
 
 

@@ -20,6 +20,8 @@ weights when EMA is on) with their metadata — plus ``last.state.pt``, what res
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import os
@@ -33,12 +35,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from ..config import SACConfig
-from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
+from .logs import append_json, restore_logs
 from .loss import cross_entropy, sac_loss
+from .train_state import Checkpointer, CheckpointWriteError, Snapshot, has_checkpoint, load_latest
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 
@@ -88,6 +91,11 @@ class TrainConfig:
         cache_dir: folder for pre-rendered Fashion-MNIST arrays (default ``<out_dir>/../cache``).
         cache: use the pre-render cache.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        checkpoint_every: also checkpoint every N optimizer steps within an epoch (0: off).
+        checkpoint_minutes: also checkpoint when this many minutes passed since the last one (0: off).
+        max_nonfinite: stop when this many steps in a row had a non-finite loss or gradient
+            (each one is skipped: no update, no EMA step; counted in ``metrics.jsonl``).
+        strict: fail on the first unreadable training image instead of skipping it.
     """
 
     model: str = "sacvit_demo_patch8_112"
@@ -126,6 +134,10 @@ class TrainConfig:
     cache_dir: str | None = None
     cache: bool = True
     device: str = "auto"
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 30.0
+    max_nonfinite: int = 5
+    strict: bool = False
 
 
 # ---------------------------------------------------------------------------------------- model, optimiser
@@ -222,37 +234,98 @@ def _validate(model: nn.Module, loader: DataLoader, d: Dist, amp: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------- training
-def _append_json(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+class _SkipSampler(Sampler):
+    """A sampler that leaves out the first ``skip`` indices of its sampler's order (mid-epoch resume).
 
-
-def _reconcile_logs(out: Path, meta: dict[str, Any]) -> None:
-    """Make the logs end at the checkpoint being resumed: drop later lines, restore a missing one.
-
-    A run can stop between writing the checkpoint and appending its metrics line (or after
-    logging steps past the checkpoint); the checkpoint's metadata holds that epoch's record.
+    ``on_start``, when set, is called once when an iteration begins: after the DataLoader iterator
+    has drawn its base seed from the global RNG and before the first sample is loaded — where a
+    resumed epoch restores the RNG state of its checkpoint.
     """
-    record, epoch = meta["metrics"], meta["epoch"]
-    for name, key, limit in (("metrics.jsonl", "epoch", epoch), ("steps.jsonl", "step", record.get("steps"))):
-        path = out / name
-        if not path.is_file() or limit is None:
-            continue
-        kept = [r for r in map(json.loads, path.read_text().splitlines()) if r[key] <= limit]
-        if name == "metrics.jsonl" and record and (not kept or kept[-1]["epoch"] < epoch):
-            kept.append(record)
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler, self.skip, self.on_start = sampler, 0, None
+
+    def __iter__(self):
+        if self.on_start is not None:
+            self.on_start, start = None, self.on_start
+            start()
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
 
 
 def _datasets(cfg: TrainConfig, out: Path, img_size: int, d: Dist) -> tuple[Dataset, Dataset]:
     from ..data import build_dataset
 
     cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else out.resolve().parent / "cache") if cfg.cache else None
-    common = dict(holdout=cfg.holdout, seed=cfg.seed, prerender=True, cache_dir=cache_dir, main=d.main, world=d.world)
+    common = dict(holdout=cfg.holdout, seed=cfg.seed, prerender=True, cache_dir=cache_dir, main=d.main, world=d.world,
+                  strict=cfg.strict)
     train_set = build_dataset(cfg.data, cfg.data_dir, "train", img_size, length=cfg.train_length,
                               is_training=True, **common)
     val_set = build_dataset(cfg.data, cfg.data_dir, "holdout", img_size, length=cfg.val_length, **common)
     return train_set, val_set
+
+
+def _check_config(cfg: TrainConfig, d: Dist) -> None:
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ValueError(f"--epochs and --batch-size must be ≥ 1 and --lr > 0, "
+                         f"got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    if not 0 < cfg.ema_decay < 1:
+        raise ValueError(f"--ema-decay must be in (0, 1), got {cfg.ema_decay}")
+    if cfg.batch_size % d.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {d.world} processes")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and (cfg.batch_size // d.world) % 2:
+        raise ValueError(f"Mixup/CutMix need an even batch per process, got {cfg.batch_size // d.world}")
+    if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0 or cfg.max_nonfinite < 1:
+        raise ValueError(f"--checkpoint-every and --checkpoint-minutes must be ≥ 0 and --max-nonfinite ≥ 1, "
+                         f"got {cfg.checkpoint_every}, {cfg.checkpoint_minutes}, {cfg.max_nonfinite}")
+
+
+def _step_flags(loss: torch.Tensor, norm: torch.Tensor | None, due: bool, d: Dist) -> tuple[bool, bool]:
+    """(non-finite loss or gradient, checkpoint due), agreed by every rank: one host sync per step,
+    plus one two-element all-reduce under DDP."""
+    bad = ~torch.isfinite(loss.detach())
+    if norm is not None:
+        bad = bad | ~torch.isfinite(norm)
+    if d.world == 1:
+        return bool(bad), due
+    flags = torch.stack([bad.float(), torch.full((), float(due), device=loss.device)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+def _checkpoint(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: nn.Module | None,
+                shared: dict[str, Any], local: dict[str, Any], **position: Any) -> None:
+    """Every rank: gather each rank's own state (RNG, partial loss), rank 0 writes; all raise if it failed."""
+    ranks = [local] * d.world
+    if d.world > 1:
+        dist.all_gather_object(ranks, local)
+    error = [None]
+    if d.main:
+        try:
+            saver.save(model, ema, {**shared, "ranks": ranks}, **position)
+        except CheckpointWriteError as err:
+            error = [str(err)]
+    if d.world > 1:
+        dist.broadcast_object_list(error, src=0)  # no rank may go on (and hang) when rank 0 could not save
+    if error[0] is not None:
+        raise CheckpointWriteError(error[0])
+
+
+def _resume_or_start(cfg: TrainConfig, out: Path, d: Dist) -> Snapshot | None:
+    """The checkpoint to continue from: ``--resume``, or automatically after a torchrun restart."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if cfg.resume or (restart and has_checkpoint(out)):
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
+        snap = load_latest(out, expected_model=cfg.model, say=say)
+        if restart:
+            say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
+                f"(epoch {snap.epoch + 1}, batch {snap.batch})")
+        return snap
+    if not restart and ((out / CHECKPOINT).is_file() or (out / "metrics.jsonl").is_file()):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
+    return None
 
 
 def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> Path:
@@ -267,8 +340,10 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         ``out_dir/last.safetensors``.
 
     Raises:
-        ValueError: bad configuration, unusable data or checkpoint (the message names the cause).
+        ValueError: bad configuration, unusable data or checkpoint, or a run stopped by non-finite
+            losses (the message names the cause).
         DatasetNotFoundError: the dataset is missing.
+        CheckpointWriteError: a checkpoint could not be written (the previous one is intact).
     """
     from timm.utils import ModelEmaV3
     from tqdm.auto import tqdm
@@ -279,19 +354,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
     try:
         out = Path(cfg.out_dir)
         ckpt = out / CHECKPOINT
-        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-            raise ValueError(f"--epochs and --batch-size must be ≥ 1 and --lr > 0, "
-                             f"got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
-        if not 0 < cfg.ema_decay < 1:
-            raise ValueError(f"--ema-decay must be in (0, 1), got {cfg.ema_decay}")
-        if cfg.batch_size % d.world:
-            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {d.world} processes")
-        if (cfg.mixup > 0 or cfg.cutmix > 0) and (cfg.batch_size // d.world) % 2:
-            raise ValueError(f"Mixup/CutMix need an even batch per process, got {cfg.batch_size // d.world}")
-        if cfg.resume and not ckpt.is_file():
-            raise ValueError(f"nothing to resume: {ckpt} does not exist")
-        if not cfg.resume and (ckpt.is_file() or (out / "metrics.jsonl").is_file()):
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
+        _check_config(cfg, d)
+        snap = _resume_or_start(cfg, out, d)
         img_size = _default_img_size(cfg)
         if train_set is None:
             train_set, val_set = _datasets(cfg, out, img_size, d)
@@ -302,36 +366,35 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         steps_per_epoch = math.ceil(len(train_set) / d.world) // per_rank  # DistributedSampler pads, drop_last
         if steps_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_set)} images) is smaller than one batch ({cfg.batch_size})")
+        skipped_files = len(getattr(train_set, "skipped", ()))
 
-        ema_weights = None
         seed_everything(cfg.seed + d.rank)  # rank 0 = the single-process initialisation; DDP broadcasts it
-        if cfg.resume:
-            model, meta = load_checkpoint(ckpt, expected_model=cfg.model)
+        if snap is not None:
+            model, meta, state = snap.model, snap.meta, snap.state
             if meta["class_names"] != classes:
-                raise ValueError(f"{ckpt} was trained on classes {meta['class_names'][:5]}…, "
+                raise ValueError(f"{snap.folder} was trained on classes {meta['class_names'][:5]}…, "
                                  f"the data has {classes[:5]}…")
-            model_kwargs, state, start_epoch = meta["model_kwargs"], load_training_state(ckpt), meta["epoch"]
-            if state.get("model") is not None:  # with EMA, last.safetensors holds the EMA weights
-                ema_weights = {k: v.clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(state["model"])
+            model_kwargs, start_epoch = meta["model_kwargs"], snap.epoch
             if d.main:
-                _reconcile_logs(out, meta)
+                restore_logs(out, state["history"], state["step"])
         else:
             model, model_kwargs = _build_model(cfg, len(classes), img_size)
             state, start_epoch = None, 0
             if d.main:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+                for name in ("metrics.jsonl", "steps.jsonl"):  # a torchrun restart before the first checkpoint
+                    (out / name).unlink(missing_ok=True)
         model.to(d.device).train()
         is_sac = isinstance(model, SACViT)
         sac_cfg = model.sac_cfg if is_sac else None
-        if cfg.resume and is_sac:
-            _check_resumed_sac(sac_cfg, cfg, ckpt)
+        if snap is not None and is_sac:
+            _check_resumed_sac(sac_cfg, cfg, snap.folder)
         ema = None
         if cfg.ema:
             ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-            if ema_weights is not None:
-                ema.module.load_state_dict(ema_weights)
+            if snap is not None and snap.ema is not None:
+                ema.module.load_state_dict(snap.ema)
             ema.module.eval()
 
         import timm.optim
@@ -344,13 +407,16 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         use_amp = cfg.amp and d.device.type == "cuda"
         amp = dict(device_type=d.device.type, dtype=amp_dtype, enabled=use_amp)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        ranks, history, step, start_batch = None, [], start_epoch * steps_per_epoch, 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
+            history, step, start_batch = list(state["history"]), state["step"], snap.batch
             if state.get("world_size") == d.world:
-                set_rng_state(state["rng"][d.rank])
+                ranks = state["ranks"]
+                set_rng_state(ranks[d.rank]["rng"])
             else:
                 seed_everything(cfg.seed + d.rank + 1000 * start_epoch)
         mixup = None
@@ -364,17 +430,33 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         workers = cfg.workers if cfg.workers is not None else (0 if d.device.type == "cpu" else min(8, os.cpu_count() or 1))
         loader_args = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)
         sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-        train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True, **loader_args)
+        batches = _SkipSampler(sampler)
+        train_loader = DataLoader(train_set, batch_size=per_rank, sampler=batches, drop_last=True, **loader_args)
         val_loader = DataLoader(Subset(val_set, range(d.rank, len(val_set), d.world)), batch_size=per_rank, **loader_args)
 
-        step = start_epoch * steps_per_epoch
+        saver = Checkpointer(out, model_name=cfg.model, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=classes,
+                             good=snap.folder.name if snap is not None and snap.folder != out else None) if d.main else None
+        last_save, in_row = time.monotonic(), 0
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
+            mid = epoch == start_epoch and start_batch > 0
+            first = start_batch if mid else 0
+            batches.skip = per_rank * first
             loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not (d.main and sys.stderr.isatty()))
-            for i, (x, y) in enumerate(bar):
+            nonfinite = 0
+            if mid:
+                nonfinite = state.get("nonfinite", 0)
+                sums = [r["loss_sum"] for r in state["ranks"]]
+                loss_sum += sums[d.rank] if ranks is not None else sum(sums) / len(sums)
+                if ranks is not None and ranks[d.rank]["epoch_rng"] is not None:
+                    set_rng_state(ranks[d.rank]["epoch_rng"])  # the DataLoader iterators draw their seeds from it
+                if ranks is not None:
+                    batches.on_start = functools.partial(set_rng_state, ranks[d.rank]["rng"])
+            epoch_rng = rng_state()
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, total=steps_per_epoch,
+                       initial=first, disable=not (d.main and sys.stderr.isatty()))
+            for i, (x, y) in enumerate(bar, start=first):
                 x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
                 if mixup is not None:
                     x, target = mixup(x, y)
@@ -392,49 +474,78 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                 scaler.scale(loss).backward()
                 if cfg.clip_grad:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                else:
+                    norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+                due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
+                bad, due = _step_flags(loss, None if scaler.is_enabled() else norm, due, d)
+                if bad:  # skip the update; the schedule goes on with the data
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler.is_enabled():
+                        scaler.update(scaler.get_scale())
+                    nonfinite, in_row = nonfinite + 1, in_row + 1
+                    if in_row >= cfg.max_nonfinite:
+                        raise ValueError(f"training stopped at step {step + 1} (epoch {epoch + 1}): the loss or "
+                                         f"gradient was not finite for {in_row} steps in a row; the last checkpoint "
+                                         f"({out / 'checkpoints'}) is intact — lower --lr or check the data, then --resume")
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    in_row = 0
                 scheduler.step()
                 step += 1
-                if ema is not None:
-                    ema.update(model, step=step)
-                loss_sum += loss.detach()
+                if not bad:
+                    if ema is not None:
+                        ema.update(model, step=step)
+                    loss_sum += loss.detach()
                 if cfg.log_every and step % cfg.log_every == 0:
                     value = all_mean(loss, d)
                     if d.main:
-                        _append_json(out / "steps.jsonl", {"step": step, "epoch": epoch + 1, "loss": value,
-                                                           "lr": scheduler.get_last_lr()[0]})
+                        append_json(out / "steps.jsonl", {"step": step, "epoch": epoch + 1, "loss": value,
+                                                          "lr": scheduler.get_last_lr()[0]})
                 if i % 10 == 0 and not bar.disable:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
+                every = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                if (every or due) and i + 1 < steps_per_epoch:  # the epoch end saves anyway
+                    _checkpoint(saver, d, model, None if ema is None else ema.module,
+                                _shared(optimizer, scheduler, scaler, step, d, history, nonfinite),
+                                {"rng": rng_state(), "epoch_rng": epoch_rng, "loss_sum": loss_sum.cpu()},
+                                step=step, epoch=epoch, batch=i + 1)
+                    last_save = time.monotonic()
             bar.close()
-            train_loss = all_mean(loss_sum, d) / steps_per_epoch
+            train_loss = all_mean(loss_sum, d) / max(1, steps_per_epoch - nonfinite)
             if not math.isfinite(train_loss):
                 raise ValueError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); lower --lr")
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                      "lr": scheduler.get_last_lr()[0], "steps": step}
+                                      "lr": scheduler.get_last_lr()[0], "steps": step,
+                                      "nonfinite_steps": nonfinite, "skipped_files": skipped_files}
             last = epoch + 1 == cfg.epochs
             deployed = model if ema is None else ema.module
             if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 record.update(_validate(deployed, val_loader, d, amp))
             record["seconds"] = time.perf_counter() - t0
-            rng = [rng_state()] * d.world
-            if d.world > 1:
-                dist.all_gather_object(rng, rng_state())
+            history.append(record)
+            _checkpoint(saver, d, model, None if ema is None else ema.module,
+                        _shared(optimizer, scheduler, scaler, step, d, history, 0),
+                        {"rng": rng_state(), "epoch_rng": None, "loss_sum": None},
+                        step=step, epoch=epoch + 1, batch=0, record=record)
+            last_save = time.monotonic()
             if d.main:
-                extra = {"rng": rng, "world_size": d.world, "step": step,
-                         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                         "model": None if ema is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-                save_checkpoint(ckpt, deployed, model_name=cfg.model, model_kwargs=model_kwargs, sac_cfg=sac_cfg,
-                                class_names=classes, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                                extra_metrics=record, extra_state=extra)
-                _append_json(out / "metrics.jsonl", record)
+                append_json(out / "metrics.jsonl", record)
                 print(_summary(record, cfg.epochs), flush=True)
         if d.world > 1:
             dist.barrier()
         return ckpt
     finally:
         teardown(d)
+
+
+def _shared(optimizer, scheduler, scaler, step: int, d: Dist, history: list[dict[str, Any]],
+            nonfinite: int) -> dict[str, Any]:
+    """The part of a checkpoint's training state that is the same on every rank."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world_size": d.world,
+            "history": list(history), "nonfinite": nonfinite}
 
 
 def _summary(r: dict[str, Any], epochs: int) -> str:

@@ -1,0 +1,276 @@
+"""Training checkpoints as one unit: a folder per checkpoint, verified on load, the previous one kept.
+
+Layout of a run folder ``OUT``::
+
+    OUT/checkpoints/step-000001200/model.safetensors   trained weights + sacvit metadata
+                                  /ema.safetensors     EMA weights (when EMA is on)
+                                  /state.pt            optimizer, scheduler, AMP scaler, every RNG
+                                                       state of every rank, sampler position,
+                                                       partial epoch loss, epoch records
+                                  /manifest.json       step, position, size and SHA-256 of each file
+    OUT/checkpoints/latest                             name of the newest committed folder
+    OUT/last.safetensors                               the weights to use, as of the last epoch end
+
+A checkpoint is written into a hidden temporary folder, every file flushed to disk, the manifest
+last; the folder is then renamed into place and ``latest`` atomically replaced — the commit. A
+kill at any moment leaves the previous checkpoint as it was, and never pairs weights with the
+optimizer state of another step. After a commit only the new checkpoint and the previous good
+one (the one committed or resumed from before it) are kept.
+
+:func:`load_latest` verifies every file against the manifest; a truncated, damaged or modified
+checkpoint is refused and the previous good one used instead, and the caller is told. A failed
+write (a full disk) removes the partial folder, keeps the previous checkpoint and raises
+:class:`CheckpointWriteError`. ``state.pt`` is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    fsync_dir,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+    sha256_file,
+    state_path,
+)
+
+__all__ = ["CheckpointWriteError", "Checkpointer", "Snapshot", "TRAIN_FORMAT", "has_checkpoint", "load_latest",
+           "verify"]
+
+TRAIN_FORMAT = "sacvit-train-checkpoint/1"
+FOLDER, POINTER, MANIFEST, STATE = "checkpoints", "latest", "manifest.json", "state.pt"
+DEPLOYED = "last.safetensors"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is intact."""
+
+
+@dataclass
+class Snapshot:
+    """A verified training checkpoint, loaded.
+
+    Attributes:
+        folder: the checkpoint folder (or the run folder for a sacvit 0.1 checkpoint pair).
+        model: the model with the trained (not EMA) weights, on the CPU.
+        meta: the checkpoint metadata (:func:`~.checkpoint.read_metadata`).
+        ema: the EMA weights, or ``None``.
+        state: what ``state.pt`` holds (optimizer, scheduler, scaler, rng, epoch_rng, loss_sum,
+            nonfinite, history, step, world_size).
+        epoch: epochs finished.
+        batch: batches of epoch ``epoch`` already trained (0 at an epoch end).
+    """
+
+    folder: Path
+    model: nn.Module
+    meta: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None
+    state: dict[str, Any]
+    epoch: int
+    batch: int
+
+
+def _name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def has_checkpoint(out: str | Path) -> bool:
+    """Whether ``out`` holds a training checkpoint to resume from (or a sacvit 0.1 pair)."""
+    out = Path(out)
+    return (out / FOLDER / POINTER).is_file() or any((out / FOLDER).glob("step-*")) or \
+        state_path(out / DEPLOYED).is_file()
+
+
+class Checkpointer:
+    """Writes the checkpoints of one run (rank 0 only).
+
+    Args:
+        out: the run folder.
+        model_name, model_kwargs, sac_cfg, class_names: the metadata of the weights files.
+        good: the folder name of the checkpoint resumed from (kept as the previous good one).
+    """
+
+    def __init__(self, out: Path, *, model_name: str, model_kwargs: dict[str, Any], sac_cfg: Any,
+                 class_names: list[str], good: str | None = None) -> None:
+        self.root = Path(out) / FOLDER
+        self.out = Path(out)
+        self.meta = dict(model_name=model_name, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=class_names)
+        self.good = good
+
+    def save(self, model: nn.Module, ema: nn.Module | None, state: dict[str, Any], *, step: int, epoch: int,
+             batch: int, record: dict[str, Any] | None = None) -> Path:
+        """Write and commit one checkpoint; at an epoch end (``record`` given) also ``OUT/last.safetensors``.
+
+        Args:
+            model: the trained model; ema: its EMA module or ``None``.
+            state: everything else resuming needs (tensors and plain values only).
+            step: optimizer steps done; epoch: epochs finished; batch: batches of the next epoch done.
+            record: the epoch's metrics, stored in the weights' metadata, at an epoch end.
+
+        Returns:
+            The committed folder.
+
+        Raises:
+            CheckpointWriteError: writing failed (full disk, …); the previous checkpoint is intact.
+        """
+        name = _name(step)
+        tmp = self.root / f".tmp-{name}-{os.getpid()}"
+        final = self.root / name
+        meta = dict(self.meta, epoch=epoch, extra_metrics=record or {})
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_checkpoint(tmp / "model.safetensors", model, **meta)
+            if ema is not None:
+                save_checkpoint(tmp / "ema.safetensors", ema, **meta)
+            atomic_write(tmp / STATE, lambda path: torch.save({"format": TRAIN_FORMAT, **state}, path))
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
+            manifest = {"format": TRAIN_FORMAT, "step": step, "epoch": epoch, "batch": batch, "files": files,
+                        "deployed": "ema.safetensors" if ema is not None else "model.safetensors"}
+            atomic_write(tmp / MANIFEST, lambda path: Path(path).write_text(json.dumps(manifest, indent=1) + "\n"))
+            if final.exists():  # left by a run that fell back to an older checkpoint
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            fsync_dir(self.root)
+            atomic_write(self.root / POINTER, lambda path: Path(path).write_text(name + "\n"))
+            if record is not None:
+                self._deploy(final / manifest["deployed"])
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = f"the previous checkpoint {self.root / self.good} is intact" if self.good else \
+                "no earlier checkpoint exists"
+            raise CheckpointWriteError(f"cannot write checkpoint {final}: {err.strerror or err}; "
+                                       f"{previous} — free space and run again with --resume") from err
+        self._prune(keep={name, self.good})
+        self.good = name
+        return final
+
+    def _deploy(self, source: Path) -> None:
+        atomic_write(self.out / DEPLOYED, lambda path: shutil.copyfile(source, path))
+
+    def _prune(self, keep: set[str | None]) -> None:
+        for path in self.root.iterdir():
+            if path.is_dir() and path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def verify(folder: str | Path) -> dict[str, Any]:
+    """Check a checkpoint folder against its manifest (every file's size and SHA-256).
+
+    Returns:
+        The manifest.
+
+    Raises:
+        CheckpointError: a missing, truncated or modified file, or an unreadable manifest.
+    """
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: no readable {MANIFEST} (incomplete or damaged checkpoint)") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != TRAIN_FORMAT or \
+            not isinstance(manifest.get("files"), dict) or STATE not in manifest["files"]:
+        raise CheckpointError(f"{folder}/{MANIFEST} is not a sacvit training checkpoint manifest")
+    for key in ("step", "epoch", "batch"):
+        if not isinstance(manifest.get(key), int) or manifest[key] < 0:
+            raise CheckpointError(f"{folder}/{MANIFEST}: corrupt '{key}'")
+    for name, entry in manifest["files"].items():
+        path = folder / str(name)
+        if not isinstance(entry, dict) or not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        if path.stat().st_size != entry.get("bytes"):
+            raise CheckpointError(f"{path} is truncated or damaged ({path.stat().st_size} bytes, "
+                                  f"the manifest says {entry.get('bytes')})")
+        if sha256_file(path) != entry.get("sha256"):
+            raise CheckpointError(f"{path} fails its SHA-256 check (damaged or modified)")
+    return manifest
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, a pickle that would run code, …
+        raise CheckpointError(f"cannot read training state {path}: {' '.join(str(err).split())[:300]}") from err
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not a sacvit training state")
+    return state
+
+
+def _load(folder: Path, expected_model: str | None) -> Snapshot:
+    from safetensors.torch import load_file
+
+    manifest = verify(folder)
+    model, meta = load_checkpoint(folder / "model.safetensors", expected_model=expected_model)
+    ema = load_file(str(folder / "ema.safetensors")) if "ema.safetensors" in manifest["files"] else None
+    return Snapshot(folder, model, meta, ema, _read_state(folder / STATE), manifest["epoch"], manifest["batch"])
+
+
+def _legacy(out: Path, expected_model: str | None) -> Snapshot:
+    """A sacvit 0.1 run: ``last.safetensors`` (EMA weights with EMA) + ``last.state.pt``."""
+    path = out / DEPLOYED
+    model, meta = load_checkpoint(path, expected_model=expected_model)
+    state = load_training_state(path)
+    ema = None
+    if state.get("model") is not None:
+        ema = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state["model"])
+    metrics = out / "metrics.jsonl"
+    history = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["epoch"] <= meta["epoch"]] \
+        if metrics.is_file() else []
+    if meta["metrics"] and (not history or history[-1]["epoch"] < meta["epoch"]):
+        history.append(meta["metrics"])
+    state.update(history=history, epoch_rng=None, loss_sum=None, nonfinite=0)
+    return Snapshot(out, model, meta, ema, state, meta["epoch"], 0)
+
+
+def load_latest(out: str | Path, expected_model: str | None = None,
+                say: Callable[[str], None] = print) -> Snapshot:
+    """Load the newest good training checkpoint of run folder ``out``.
+
+    The checkpoint named by ``checkpoints/latest`` is tried first, then the others, newest first;
+    when one is refused, ``say`` is told which and why, and which one is used instead.
+
+    Raises:
+        CheckpointNotFoundError: nothing to resume.
+        CheckpointError: every checkpoint is damaged (each one's reason in the message).
+        ValueError: a checkpoint for another model than ``expected_model``.
+    """
+    from .checkpoint import CheckpointNotFoundError
+
+    out = Path(out)
+    root = out / FOLDER
+    names = sorted((p.name for p in root.glob("step-*") if p.is_dir()), reverse=True) if root.is_dir() else []
+    try:
+        latest = (root / POINTER).read_text().strip()
+    except OSError:
+        latest = None
+    if latest in names:
+        names.remove(latest)
+        names.insert(0, latest)
+    if not names:
+        if state_path(out / DEPLOYED).is_file():
+            return _legacy(out, expected_model)
+        raise CheckpointNotFoundError(f"nothing to resume: no checkpoint in {root}")
+    refused = []
+    for name in names:
+        try:
+            snap = _load(root / name, expected_model)
+        except CheckpointError as err:
+            refused.append(f"{name}: {err}")
+            continue
+        if refused:
+            say(f"sacvit: refused checkpoint {refused[0]}; resuming from the previous good one {root / name}")
+        return snap
+    raise CheckpointError(f"no usable checkpoint in {root}: " + "; ".join(refused))
