@@ -4,7 +4,8 @@ Each command's argument parsing lives in ``sacvit.cli.<command>``, which exposes
 ``add_parser(subparsers)``: it registers the arguments and sets ``func`` to the function that
 runs the command through the library. Errors a user can fix (a missing dataset, a bad
 checkpoint, a wrong argument) are printed as one line, without a traceback, and exit with
-status 2.
+status 2; an operating-system error the user did not cause by the arguments (a full disk while
+saving) is printed as one line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"sacvit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a lost mount, …
+        print(f"sacvit {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sacvit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -33,10 +33,28 @@ examples:
   # continue an interrupted run exactly where its last checkpoint left it
   sacvit train --model sacvit_demo_patch8_112 --epochs 30 --out-dir runs/sacvit_demo --resume
 
+  # long runs: also checkpoint every 500 steps and every 20 minutes within an epoch
+  sacvit train ... --checkpoint-every 500 --checkpoint-minutes 20
+
+  # DDP that survives a lost worker: torchrun restarts the processes once, and they resume
+  # from the last checkpoint by themselves (no --resume needed)
+  torchrun --nproc_per_node=2 --max-restarts=1 -m sacvit.cli train ... --checkpoint-every 500
+
+  # fail on the first unreadable image instead of skipping it
+  sacvit train --data imagefolder --data-dir /data/imagenet --strict ...
+
 The train split is trained on; the validation curve is measured on --holdout training images
 that are never trained on (never on the test split). Writes OUT_DIR/metrics.jsonl (one JSON line
-per epoch) and OUT_DIR/last.safetensors (the EMA weights with --ema, + last.state.pt) after every
-epoch. Under torchrun, OMP_NUM_THREADS defaults to 1: pass --threads for multi-process CPU runs.
+per epoch) and OUT_DIR/last.safetensors (the weights to use: the EMA weights with --ema) after
+every epoch. Checkpoints: OUT_DIR/checkpoints/step-N/ (weights, EMA, optimizer, scheduler, AMP
+scaler, RNG states, sampler position, manifest.json with the SHA-256 of each file) and
+checkpoints/latest naming the newest; the previous one is kept, and --resume falls back to it
+when the newest is damaged (and says so). A resumed run ends bit-identical to an uninterrupted
+one (one process, --workers 0). A non-finite loss or gradient skips the step (counted as
+nonfinite_steps in metrics.jsonl); --max-nonfinite in a row stop the run. Image folders: unreadable
+files (empty, truncated, corrupt, not an image) are skipped, printed with their reason and counted
+as skipped_files. Under torchrun, OMP_NUM_THREADS defaults to 1: pass --threads for multi-process
+CPU runs.
 """
 
 
@@ -81,8 +99,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--seed", type=int, default=d.seed, help="seed of initialisation, sampler and generated data")
     a("--init", default=d.init, help="DeiT/timm checkpoint (.pth/.safetensors) to initialise the backbone")
     a("--out-dir", default=d.out_dir, help="output folder")
-    a("--resume", action="store_true", help="continue the run in --out-dir from last.safetensors (optimizer, "
-      "schedule, sampler and RNG states included)")
+    a("--resume", action="store_true", help="continue the run in --out-dir from its newest good checkpoint "
+      "(optimizer, schedule, EMA, sampler position and RNG states included)")
+    a("--checkpoint-every", type=int, default=d.checkpoint_every,
+      help="also checkpoint every N optimizer steps within an epoch (0: only at epoch ends)")
+    a("--checkpoint-minutes", type=float, default=d.checkpoint_minutes,
+      help="also checkpoint when this many minutes passed since the last checkpoint (0: off)")
+    a("--max-nonfinite", type=int, default=d.max_nonfinite,
+      help="stop after this many steps in a row with a non-finite loss or gradient (each is skipped)")
+    a("--strict", action="store_true", help="fail on the first unreadable training image instead of skipping it")
     a("--sac", type=json_dict, default={}, help="SACConfig overrides as JSON, e.g. '{\"window\": 5, \"alpha\": 0.88}'")
     a("--select-after", type=float, default=d.select_after,
       help="fraction of training with the whole image as SAC target (default: the SACConfig's)")

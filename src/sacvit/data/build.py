@@ -12,7 +12,9 @@ Splits, the same for every dataset:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 
 from .cluttered import ClutteredFashionMNIST, TensorImageDataset, materialize
 from .fashion_mnist import DEFAULT_FMNIST_DIR, FashionMNIST, load_fashion_mnist
-from .imagefolder import build_imagefolder
+from .imagefolder import build_imagefolder, unreadable
 from .synthetic import synthetic_dataset
 
 __all__ = ["DATASET_NAMES", "SPLITS", "build_dataset", "default_holdout", "default_img_size"]
@@ -83,9 +85,12 @@ def build_dataset(
         cache_dir: with ``prerender``, keep the rendered arrays in an ``.npz`` cache here.
         main: this process writes the cache file; with ``world > 1`` the others wait for it.
         world: number of processes (a barrier is used when > 1 and caching).
+        strict: image folders: fail on the first unreadable image instead of skipping it. Skipped
+            files are printed (path and reason) and listed in the dataset's ``skipped``.
 
     Raises:
-        ValueError: unknown name or split, or unusable data; DatasetNotFoundError: missing data.
+        ValueError: unknown name or split, unusable data, an image folder split or class folder
+            without a readable image; DatasetNotFoundError: missing data.
     """
     _check_name(name)
     if split not in SPLITS:
@@ -97,7 +102,8 @@ def build_dataset(
     if name == "imagefolder":
         if root is None:
             raise ValueError("dataset 'imagefolder' needs a folder (--data-dir) with train/ and test/ or val/")
-        ds = _imagefolder(Path(root), split, size, is_training, holdout, length, seed)
+        verify = dict(strict=strict, cache_dir=cache_dir, main=main, world=world)
+        ds = _imagefolder(Path(root), split, size, is_training, holdout, length, seed, verify)
     else:
         root = root if root is not None else DEFAULT_FMNIST_DIR
         hold = holdout
@@ -116,11 +122,13 @@ def build_dataset(
 
 
 def _imagefolder(root: Path, split: str, size: int, is_training: bool, holdout: int | None,
-                 length: int | None, seed: int) -> Dataset:
+                 length: int | None, seed: int, verify: dict) -> Dataset:
     if split == "test":
-        ds = build_imagefolder(root, "test" if (root / "test").is_dir() else "val", size)
+        folder = "test" if (root / "test").is_dir() else "val"
+        ds = _drop_unreadable(build_imagefolder(root, folder, size), root / folder, **verify)
     else:
         ds = build_imagefolder(root, "train", size, is_training=is_training and split == "train")
+        ds = _drop_unreadable(ds, root / "train", **verify)
         n = len(ds.samples)
         hold = default_holdout(n) if holdout is None else holdout
         if not 0 <= hold < n:
@@ -133,6 +141,53 @@ def _imagefolder(root: Path, split: str, size: int, is_training: bool, holdout: 
     if length is not None and length < len(ds.samples):
         pick = torch.randperm(len(ds.samples), generator=torch.Generator().manual_seed(seed))[:length]
         _keep(ds, sorted(pick.tolist()))
+    return ds
+
+
+_VERIFIED: dict[str, list[tuple[str, str]]] = {}  # verification results of this process, by file list
+
+
+def _drop_unreadable(ds, folder: Path, strict: bool, cache_dir: str | Path | None, main: bool, world: int):
+    """Drop the samples of ``ds`` whose file does not decode (verified once per file list, cached).
+
+    Raises:
+        ValueError: ``strict`` and a bad file; no readable image in ``folder`` or in a class folder.
+    """
+    import torch.distributed as dist
+
+    paths = [p for p, _ in ds.samples]
+    listing = "\n".join(f"{p}\t{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}" for p in paths)
+    key = hashlib.sha1(listing.encode()).hexdigest()[:16]
+    cache = None if cache_dir is None else Path(cache_dir) / f"verified_{key}.json"
+    bad = _VERIFIED.get(key)
+    first = bad is None  # this process has not seen (nor logged) this file list yet
+    if first:
+        if cache is not None and main and not cache.is_file():
+            bad = unreadable(paths, strict)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(bad))
+            os.replace(tmp, cache)
+        if cache is not None and world > 1:
+            dist.barrier()  # the other ranks read rank 0's result
+        if bad is None:
+            cached = cache is not None and cache.is_file()
+            bad = [tuple(b) for b in json.loads(cache.read_text())] if cached else unreadable(paths, strict)
+        _VERIFIED[key] = bad
+    if bad and strict:
+        raise ValueError(f"unreadable image {bad[0][0]}: {bad[0][1]} (--strict stops at the first)")
+    if bad:
+        dropped = {p for p, _ in bad}
+        _keep(ds, [i for i, p in enumerate(paths) if p not in dropped])
+        for path, reason in bad if main and first else ():
+            print(f"sacvit: skipping unreadable image {path}: {reason}", file=sys.stderr)
+    ds.skipped = list(bad)
+    example = f" ({len(bad)} unreadable, e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""
+    if not ds.samples:
+        raise ValueError(f"no readable image in {folder}{example}")
+    empty = sorted(set(range(len(ds.classes))) - set(ds.targets))
+    if empty:
+        raise ValueError(f"class folder {folder / ds.classes[empty[0]]} has no readable image{example}")
     return ds
 
 
