@@ -5,18 +5,23 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: help venv test demo bench clean
+.PHONY: help venv test demo bench clean constraints
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create .venv and install sacvit with its test extras
+venv: $(STAMP)  ## create .venv and install sacvit with its test extras, at the tested versions (constraints.txt)
+
+constraints: $(STAMP)  ## pin what .venv holds now as the tested versions (after upgrading and a green make test)
+	{ echo "# The versions the sacvit test suite was run with (pip install -c constraints.txt -e '.[test]')."; \
+	  echo "# pyproject.toml states the supported ranges; regenerate with 'make constraints'."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt
 
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest

@@ -13,15 +13,23 @@ the same images whatever the number of processes; each process takes ``batch_siz
 of them. Only rank 0 writes files (see :mod:`.distributed` for the process setup).
 
 Outputs in ``out_dir``: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``steps.jsonl``
-(with ``log_every``), and after every epoch ``last.safetensors`` — the weights to use (the EMA
-weights when EMA is on) with their metadata — plus ``last.state.pt``, what resuming needs.
+(with ``log_every``), after every epoch ``last.safetensors`` — the weights to use (the EMA
+weights when EMA is on) with their metadata — and the training checkpoints of
+:mod:`.train_state` (at epoch ends, every ``checkpoint_every`` steps and every
+``checkpoint_minutes``), from which ``resume`` (or a torchrun restart) continues bit-identically.
+
+Faults: a step whose loss or gradient norm is not finite is skipped (no update, no EMA step; the
+schedule goes on) and counted; ``max_nonfinite`` in a row stop the run. The check costs one host
+sync per step (and a two-element all-reduce under DDP, which also carries the time-based
+checkpoint decision so that all ranks agree).
+
+(About 470 lines: the loop stays in one function so that its order of RNG draws, on which the
+bit-identical resume depends, can be read in one place.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import json
 import math
 import os
@@ -35,13 +43,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import SACConfig
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
 from .logs import append_json, restore_logs
 from .loss import cross_entropy, sac_loss
-from .train_state import Checkpointer, CheckpointWriteError, Snapshot, has_checkpoint, load_latest
+from .train_state import (Checkpointer, ResumableSampler, check_resumed_sac, resume_or_start, save_everywhere,
+                          shared_state)
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 
@@ -191,18 +200,6 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int):
     return factor, total
 
 
-def _check_resumed_sac(sac_cfg: SACConfig, cfg: TrainConfig, ckpt: Path) -> None:
-    """On resume the checkpoint defines the model: ``--sac`` may only repeat its values.
-
-    ``--select-after`` only affects training, so a new value is applied.
-    """
-    wanted = SACConfig.from_dict({**sac_cfg.to_dict(), **cfg.sac})
-    if dataclasses.replace(wanted, select_after=sac_cfg.select_after) != sac_cfg:
-        changed = {k: v for k, v in cfg.sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
-        raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
-    sac_cfg.select_after = cfg.select_after if cfg.select_after is not None else wanted.select_after
-
-
 # ---------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def _validate(model: nn.Module, loader: DataLoader, d: Dist, amp: dict[str, Any]) -> dict[str, float]:
@@ -234,27 +231,6 @@ def _validate(model: nn.Module, loader: DataLoader, d: Dist, amp: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------- training
-class _SkipSampler(Sampler):
-    """A sampler that leaves out the first ``skip`` indices of its sampler's order (mid-epoch resume).
-
-    ``on_start``, when set, is called once when an iteration begins: after the DataLoader iterator
-    has drawn its base seed from the global RNG and before the first sample is loaded — where a
-    resumed epoch restores the RNG state of its checkpoint.
-    """
-
-    def __init__(self, sampler: DistributedSampler) -> None:
-        self.sampler, self.skip, self.on_start = sampler, 0, None
-
-    def __iter__(self):
-        if self.on_start is not None:
-            self.on_start, start = None, self.on_start
-            start()
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.skip
-
-
 def _datasets(cfg: TrainConfig, out: Path, img_size: int, d: Dist) -> tuple[Dataset, Dataset]:
     from ..data import build_dataset
 
@@ -295,39 +271,6 @@ def _step_flags(loss: torch.Tensor, norm: torch.Tensor | None, due: bool, d: Dis
     return bool(flags[0]), bool(flags[1])
 
 
-def _checkpoint(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: nn.Module | None,
-                shared: dict[str, Any], local: dict[str, Any], **position: Any) -> None:
-    """Every rank: gather each rank's own state (RNG, partial loss), rank 0 writes; all raise if it failed."""
-    ranks = [local] * d.world
-    if d.world > 1:
-        dist.all_gather_object(ranks, local)
-    error = [None]
-    if d.main:
-        try:
-            saver.save(model, ema, {**shared, "ranks": ranks}, **position)
-        except CheckpointWriteError as err:
-            error = [str(err)]
-    if d.world > 1:
-        dist.broadcast_object_list(error, src=0)  # no rank may go on (and hang) when rank 0 could not save
-    if error[0] is not None:
-        raise CheckpointWriteError(error[0])
-
-
-def _resume_or_start(cfg: TrainConfig, out: Path, d: Dist) -> Snapshot | None:
-    """The checkpoint to continue from: ``--resume``, or automatically after a torchrun restart."""
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if cfg.resume or (restart and has_checkpoint(out)):
-        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
-        snap = load_latest(out, expected_model=cfg.model, say=say)
-        if restart:
-            say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
-                f"(epoch {snap.epoch + 1}, batch {snap.batch})")
-        return snap
-    if not restart and ((out / CHECKPOINT).is_file() or (out / "metrics.jsonl").is_file()):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
-    return None
-
-
 def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> Path:
     """Train (or resume) a model and return the path of its final checkpoint.
 
@@ -355,7 +298,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         out = Path(cfg.out_dir)
         ckpt = out / CHECKPOINT
         _check_config(cfg, d)
-        snap = _resume_or_start(cfg, out, d)
+        snap = resume_or_start(out, cfg.model, cfg.resume, d)
         img_size = _default_img_size(cfg)
         if train_set is None:
             train_set, val_set = _datasets(cfg, out, img_size, d)
@@ -389,7 +332,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         is_sac = isinstance(model, SACViT)
         sac_cfg = model.sac_cfg if is_sac else None
         if snap is not None and is_sac:
-            _check_resumed_sac(sac_cfg, cfg, snap.folder)
+            check_resumed_sac(sac_cfg, cfg.sac, cfg.select_after, snap.folder)
         ema = None
         if cfg.ema:
             ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
@@ -407,16 +350,15 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         use_amp = cfg.amp and d.device.type == "cuda"
         amp = dict(device_type=d.device.type, dtype=amp_dtype, enabled=use_amp)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        ranks, history, step, start_batch = None, [], start_epoch * steps_per_epoch, 0
+        history, step = [], start_epoch * steps_per_epoch
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            history, step, start_batch = list(state["history"]), state["step"], snap.batch
-            if state.get("world_size") == d.world:
-                ranks = state["ranks"]
-                set_rng_state(ranks[d.rank]["rng"])
+            history, step = list(state["history"]), state["step"]
+            if snap.rank_state(d) is not None:
+                set_rng_state(snap.rank_state(d)["rng"])
             else:
                 seed_everything(cfg.seed + d.rank + 1000 * start_epoch)
         mixup = None
@@ -430,7 +372,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         workers = cfg.workers if cfg.workers is not None else (0 if d.device.type == "cpu" else min(8, os.cpu_count() or 1))
         loader_args = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)
         sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-        batches = _SkipSampler(sampler)
+        batches = ResumableSampler(sampler)
         train_loader = DataLoader(train_set, batch_size=per_rank, sampler=batches, drop_last=True, **loader_args)
         val_loader = DataLoader(Subset(val_set, range(d.rank, len(val_set), d.world)), batch_size=per_rank, **loader_args)
 
@@ -440,19 +382,12 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             sampler.set_epoch(epoch)
-            mid = epoch == start_epoch and start_batch > 0
-            first = start_batch if mid else 0
-            batches.skip = per_rank * first
             loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-            nonfinite = 0
-            if mid:
-                nonfinite = state.get("nonfinite", 0)
-                sums = [r["loss_sum"] for r in state["ranks"]]
-                loss_sum += sums[d.rank] if ranks is not None else sum(sums) / len(sums)
-                if ranks is not None and ranks[d.rank]["epoch_rng"] is not None:
-                    set_rng_state(ranks[d.rank]["epoch_rng"])  # the DataLoader iterators draw their seeds from it
-                if ranks is not None:
-                    batches.on_start = functools.partial(set_rng_state, ranks[d.rank]["rng"])
+            batches.skip, nonfinite = 0, 0
+            if epoch == start_epoch and snap is not None and snap.batch > 0:  # an interrupted epoch
+                partial, nonfinite = snap.resume_epoch(batches, per_rank, d)
+                loss_sum += partial
+            first = batches.skip // per_rank
             epoch_rng = rng_state()
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, total=steps_per_epoch,
                        initial=first, disable=not (d.main and sys.stderr.isatty()))
@@ -507,8 +442,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 every = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                 if (every or due) and i + 1 < steps_per_epoch:  # the epoch end saves anyway
-                    _checkpoint(saver, d, model, None if ema is None else ema.module,
-                                _shared(optimizer, scheduler, scaler, step, d, history, nonfinite),
+                    save_everywhere(saver, d, model, None if ema is None else ema.module,
+                                shared_state(optimizer, scheduler, scaler, step, d, history, nonfinite),
                                 {"rng": rng_state(), "epoch_rng": epoch_rng, "loss_sum": loss_sum.cpu()},
                                 step=step, epoch=epoch, batch=i + 1)
                     last_save = time.monotonic()
@@ -525,8 +460,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                 record.update(_validate(deployed, val_loader, d, amp))
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
-            _checkpoint(saver, d, model, None if ema is None else ema.module,
-                        _shared(optimizer, scheduler, scaler, step, d, history, 0),
+            save_everywhere(saver, d, model, None if ema is None else ema.module,
+                        shared_state(optimizer, scheduler, scaler, step, d, history, 0),
                         {"rng": rng_state(), "epoch_rng": None, "loss_sum": None},
                         step=step, epoch=epoch + 1, batch=0, record=record)
             last_save = time.monotonic()
@@ -538,14 +473,6 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         return ckpt
     finally:
         teardown(d)
-
-
-def _shared(optimizer, scheduler, scaler, step: int, d: Dist, history: list[dict[str, Any]],
-            nonfinite: int) -> dict[str, Any]:
-    """The part of a checkpoint's training state that is the same on every rank."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world_size": d.world,
-            "history": list(history), "nonfinite": nonfinite}
 
 
 def _summary(r: dict[str, Any], epochs: int) -> str:

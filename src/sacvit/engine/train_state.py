@@ -25,16 +25,23 @@ write (a full disk) removes the partial folder, keeps the previous checkpoint an
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Sampler
 
+from ..config import SACConfig
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -45,9 +52,10 @@ from .checkpoint import (
     sha256_file,
     state_path,
 )
+from .distributed import Dist, set_rng_state
 
-__all__ = ["CheckpointWriteError", "Checkpointer", "Snapshot", "TRAIN_FORMAT", "has_checkpoint", "load_latest",
-           "verify"]
+__all__ = ["CheckpointWriteError", "Checkpointer", "ResumableSampler", "Snapshot", "TRAIN_FORMAT", "has_checkpoint",
+           "load_latest", "resume_or_start", "save_everywhere", "shared_state", "verify"]
 
 TRAIN_FORMAT = "sacvit-train-checkpoint/1"
 FOLDER, POINTER, MANIFEST, STATE = "checkpoints", "latest", "manifest.json", "state.pt"
@@ -80,6 +88,31 @@ class Snapshot:
     state: dict[str, Any]
     epoch: int
     batch: int
+
+    def rank_state(self, d: Dist) -> dict[str, Any] | None:
+        """This rank's own saved state (``rng``, ``epoch_rng``, ``loss_sum``), or ``None`` when the
+        checkpoint was written by another number of processes."""
+        ranks = self.state.get("ranks") or []
+        return ranks[d.rank] if self.state.get("world_size") == d.world and len(ranks) == d.world else None
+
+    def resume_epoch(self, sampler: "ResumableSampler", per_rank: int, d: Dist) -> tuple[Any, int]:
+        """Set up the interrupted epoch: skip its finished batches; restore the RNG of the epoch's
+        start (the DataLoader draws its seeds from it), then, as the first batch is loaded, the
+        RNG of the checkpoint.
+
+        Returns:
+            This rank's loss sum over the finished batches (the mean of all ranks' sums for
+            another number of processes) and the number of non-finite steps so far.
+        """
+        sampler.skip = per_rank * self.batch
+        own, nonfinite = self.rank_state(d), self.state.get("nonfinite", 0)
+        if own is None:
+            sums = [r["loss_sum"] for r in self.state["ranks"]]
+            return sum(sums) / len(sums), nonfinite
+        if own["epoch_rng"] is not None:
+            set_rng_state(own["epoch_rng"])
+        sampler.on_start = functools.partial(set_rng_state, own["rng"])
+        return own["loss_sum"], nonfinite
 
 
 def _name(step: int) -> str:
@@ -231,7 +264,8 @@ def _legacy(out: Path, expected_model: str | None) -> Snapshot:
         if metrics.is_file() else []
     if meta["metrics"] and (not history or history[-1]["epoch"] < meta["epoch"]):
         history.append(meta["metrics"])
-    state.update(history=history, epoch_rng=None, loss_sum=None, nonfinite=0)
+    ranks = [{"rng": rng, "epoch_rng": None, "loss_sum": None} for rng in state.get("rng", [])]
+    state.update(history=history, ranks=ranks, nonfinite=0)
     return Snapshot(out, model, meta, ema, state, meta["epoch"], 0)
 
 
@@ -274,3 +308,89 @@ def load_latest(out: str | Path, expected_model: str | None = None,
             say(f"sacvit: refused checkpoint {refused[0]}; resuming from the previous good one {root / name}")
         return snap
     raise CheckpointError(f"no usable checkpoint in {root}: " + "; ".join(refused))
+
+
+# ---------------------------------------------------------------------------------------- in the training loop
+def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapshot | None:
+    """The checkpoint to continue from: with ``resume``, or by itself after a torchrun restart.
+
+    Raises:
+        ValueError: a fresh run (no ``resume``, no restart) into a folder that holds a run.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if resume or (restart and has_checkpoint(out)):
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
+        snap = load_latest(out, expected_model=model_name, say=say)
+        if restart:
+            say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
+                f"(epoch {snap.epoch + 1}, batch {snap.batch})")
+        return snap
+    if not restart and ((out / DEPLOYED).is_file() or (out / "metrics.jsonl").is_file()):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
+    return None
+
+
+def shared_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, step: int, d: Dist,
+                 history: list[dict[str, Any]], nonfinite: int) -> dict[str, Any]:
+    """The part of a checkpoint's training state that is the same on every rank."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world_size": d.world,
+            "history": list(history), "nonfinite": nonfinite}
+
+
+def save_everywhere(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: nn.Module | None,
+                    shared: dict[str, Any], local: dict[str, Any], **position: Any) -> None:
+    """Called by every rank: gathers each rank's own state (RNG, partial loss), rank 0 writes.
+
+    Raises:
+        CheckpointWriteError: on every rank when rank 0 could not write (so that none hangs).
+    """
+    ranks = [local] * d.world
+    if d.world > 1:
+        dist.all_gather_object(ranks, local)
+    error = [None]
+    if d.main:
+        try:
+            saver.save(model, ema, {**shared, "ranks": ranks}, **position)
+        except CheckpointWriteError as err:
+            error = [str(err)]
+    if d.world > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise CheckpointWriteError(error[0])
+
+
+class ResumableSampler(Sampler):
+    """A sampler that leaves out the first ``skip`` indices of its sampler's order (mid-epoch resume).
+
+    ``on_start``, when set, is called once when an iteration begins: after the DataLoader iterator
+    has drawn its base seed from the global RNG and before the first sample is loaded — where a
+    resumed epoch restores the RNG state of its checkpoint.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler, self.skip, self.on_start = sampler, 0, None
+
+    def __iter__(self):
+        if self.on_start is not None:
+            self.on_start, start = None, self.on_start
+            start()
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], select_after: float | None, ckpt: Path) -> None:
+    """On resume the checkpoint defines the model: ``--sac`` (``sac``) may only repeat its values.
+
+    ``--select-after`` only affects training, so a new value is applied to ``sac_cfg``.
+
+    Raises:
+        ValueError: ``sac`` changes the SAC configuration of checkpoint ``ckpt``.
+    """
+    wanted = SACConfig.from_dict({**sac_cfg.to_dict(), **sac})
+    if dataclasses.replace(wanted, select_after=sac_cfg.select_after) != sac_cfg:
+        changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
+        raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
+    sac_cfg.select_after = select_after if select_after is not None else wanted.select_after
