@@ -176,19 +176,24 @@ def _drop_unreadable(ds, folder: Path, strict: bool, cache_dir: str | Path | Non
         _VERIFIED[key] = bad
     if bad and strict:
         raise ValueError(f"unreadable image {bad[0][0]}: {bad[0][1]} (--strict stops at the first)")
+    dropped = {p for p, _ in bad}
     if bad:
-        dropped = {p for p, _ in bad}
         _keep(ds, [i for i, p in enumerate(paths) if p not in dropped])
-        for path, reason in bad if main and first else ():
-            print(f"sacvit: skipping unreadable image {path}: {reason}", file=sys.stderr)
-    ds.skipped = list(bad)
-    example = f" ({len(bad)} unreadable, e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""
     if not ds.samples:
-        raise ValueError(f"no readable image in {folder}{example}")
+        raise ValueError(f"no readable image in {folder}{_example(bad)}")
     empty = sorted(set(range(len(ds.classes))) - set(ds.targets))
     if empty:
-        raise ValueError(f"class folder {folder / ds.classes[empty[0]]} has no readable image{example}")
+        where = folder / ds.classes[empty[0]]
+        raise ValueError(f"class folder {where} has no readable image"
+                         f"{_example([b for b in bad if Path(b[0]).parent == where])}")
+    for path, reason in bad if main and first else ():
+        print(f"sacvit: skipping unreadable image {path}: {reason}", file=sys.stderr)
+    ds.skipped = list(bad)
     return ds
+
+
+def _example(bad: list[tuple[str, str]]) -> str:
+    return f" ({len(bad)} unreadable, e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""
 
 
 def _keep(ds, indices: list[int]) -> None:

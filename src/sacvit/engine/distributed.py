@@ -1,6 +1,7 @@
 """Process setup for training: one process, or one of several under ``torchrun`` (DDP).
 
-Under ``torchrun`` with ``WORLD_SIZE > 1`` the process group uses NCCL on GPUs and gloo on CPUs.
+Under ``torchrun`` with ``WORLD_SIZE > 1`` the process group uses NCCL on GPUs and gloo on CPUs,
+and survives ``torchrun --max-restarts`` (each restart attempt meets under its own store prefix).
 Also here: the all-reduced mean of a scalar, and the RNG states that a bit-identical resume needs.
 """
 
@@ -57,7 +58,13 @@ def setup(device: str = "auto", threads: int | None = None) -> Dist:
     elif not cuda and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, local_world)))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # After a torchrun restart the agent's store still holds the keys of the dead workers
+        # (their gloo/NCCL addresses): a new worker could read those and connect to nobody. Keys
+        # under a per-attempt prefix make each attempt meet only its own processes.
+        store, _, _ = next(dist.rendezvous("env://", rank, world))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore(f"sacvit/attempt_{attempt}", store),
+                                rank=rank, world_size=world)
     return Dist(rank, world, local_world, dev)
 
 
