@@ -239,7 +239,8 @@ def test_ddp_matches_single_process(tmp_path):
 # ------------------------------------------------------------------------------------ CLI
 KEY_OPTIONS = {
     "train": ["--model", "--data", "--data-dir", "--epochs", "--batch-size", "--lr", "--init", "--resume",
-              "--select-after", "--out-dir", "torchrun"],
+              "--select-after", "--out-dir", "torchrun", "--checkpoint-every", "--checkpoint-minutes",
+              "--max-nonfinite", "--strict", "--max-restarts", "checkpoints/latest"],
     "eval": ["--checkpoint", "--baseline", "--thresholds", "--data", "--out"],
 }
 

@@ -10,6 +10,7 @@ DESIGN.md is a field here so it can be changed and compared.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -42,8 +43,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is float:  # finite: NaN passes no range check and inf overflows sizes
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     return isinstance(value, hint)
 
 
@@ -56,6 +57,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in args)
     if origin is tuple:
         return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if hint is float:
+        return "a finite number"
     return "None" if hint is type(None) else f"{'an' if hint is int else 'a'} {hint.__name__}"
 
 
@@ -115,6 +118,7 @@ class SACConfig:
         self.adaptive_sizes = tuple(int(s) for s in self.adaptive_sizes)
         checks = [
             (self.ee_scale >= 1, f"ee_scale must be ≥ 1, got {self.ee_scale}"),
+            (self.threshold >= 0, f"threshold must be ≥ 0 (above 1: never exit), got {self.threshold}"),
             (0.0 < self.gca_beta < 1.0, f"gca_beta must be in (0, 1), got {self.gca_beta}"),
             (self.gca_start is None or self.gca_start >= 0, f"gca_start must be ≥ 0, got {self.gca_start}"),
             (self.cluster_mode in ("window", "adaptive"),

@@ -52,10 +52,11 @@ def _train_or_reuse(model: str, out_dir: Path, cfg: DemoConfig, epochs: int, **o
     """Train ``model`` into ``out_dir``, resume an unfinished run, or reuse a finished one."""
     from .engine.checkpoint import read_metadata
     from .engine.train import CHECKPOINT, TrainConfig, train
+    from .engine.train_state import has_checkpoint
 
     ckpt = out_dir / CHECKPOINT
-    resume = ckpt.is_file()
-    if resume and read_metadata(ckpt)["epoch"] >= epochs:
+    resume = ckpt.is_file() or has_checkpoint(out_dir)  # also a run killed within its first epoch
+    if ckpt.is_file() and read_metadata(ckpt)["epoch"] >= epochs:
         print(f"reusing {ckpt} (trained for {epochs} epochs; delete the folder to retrain)")
         return ckpt
     print(f"{'resuming' if resume else 'training'} {model} → {out_dir}", flush=True)

@@ -325,7 +325,7 @@ def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapsh
             say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
                 f"(epoch {snap.epoch + 1}, batch {snap.batch})")
         return snap
-    if not restart and ((out / DEPLOYED).is_file() or (out / "metrics.jsonl").is_file()):
+    if not restart and ((out / DEPLOYED).is_file() or (out / "metrics.jsonl").is_file() or has_checkpoint(out)):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
     return None
 
