@@ -168,6 +168,25 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, reference, 
     assert result(out) == reference
 
 
+def test_a_kill_between_commit_and_deploy_is_repaired_on_resume(tmp_path, reference, monkeypatch):
+    out = tmp_path / "run"
+    real, calls = Checkpointer._deploy, []
+
+    def deploy(self, source):
+        calls.append(source)
+        if len(calls) == 3:  # the last epoch: committed, not yet copied to last.safetensors
+            raise KeyboardInterrupt
+        real(self, source)
+
+    monkeypatch.setattr(Checkpointer, "_deploy", deploy)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(out))
+    monkeypatch.undo()
+    assert read_metadata(out / "last.safetensors")["epoch"] == 2 and load_latest(out).epoch == 3
+    train(cfg(out, resume=True))  # nothing left to train
+    assert result(out) == reference
+
+
 def test_every_checkpoint_damaged_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     _crash_after(monkeypatch, 10)

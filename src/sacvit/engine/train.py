@@ -378,6 +378,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
 
         saver = Checkpointer(out, model_name=cfg.model, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=classes,
                              good=snap.folder.name if snap is not None and snap.folder != out else None) if d.main else None
+        if saver is not None and snap is not None and snap.folder != out and snap.batch == 0:
+            saver.redeploy(snap.folder)  # a kill between the commit and the copy to last.safetensors
         last_save, in_row = time.monotonic(), 0
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -407,10 +409,11 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                         loss = cross_entropy(net(x).float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                norm = None  # with fp16 loss scaling, inf gradients are the scaler's to skip
                 if cfg.clip_grad:
                     scaler.unscale_(optimizer)
                     norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                else:
+                elif not scaler.is_enabled():
                     norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
                 due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
                 bad, due = _step_flags(loss, None if scaler.is_enabled() else norm, due, d)

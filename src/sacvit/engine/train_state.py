@@ -48,6 +48,7 @@ from .checkpoint import (
     fsync_dir,
     load_checkpoint,
     load_training_state,
+    read_metadata,
     save_checkpoint,
     sha256_file,
     state_path,
@@ -192,6 +193,19 @@ class Checkpointer:
 
     def _deploy(self, source: Path) -> None:
         atomic_write(self.out / DEPLOYED, lambda path: shutil.copyfile(source, path))
+
+    def redeploy(self, folder: Path) -> None:
+        """Make ``OUT/last.safetensors`` hold the weights of epoch-end checkpoint ``folder``.
+
+        A file with the same weights is kept as it is (its metadata may have been updated since).
+        """
+        source = folder / json.loads((folder / MANIFEST).read_text())["deployed"]
+        try:
+            if read_metadata(self.out / DEPLOYED)["weights_sha256"] == read_metadata(source)["weights_sha256"]:
+                return
+        except ValueError:  # missing or unreadable: write it
+            pass
+        self._deploy(source)
 
     def _prune(self, keep: set[str | None]) -> None:
         for path in self.root.iterdir():
