@@ -5,7 +5,9 @@ metadata, everything needed to rebuild the model with ``timm.create_model``: the
 keyword arguments, the SAC-ViT configuration (or none for a plain ViT), the class names, the
 number of finished epochs and the metrics of that epoch. When an optimizer is given, a sidecar
 ``NAME.state.pt`` holds the optimizer, scheduler and RNG states; it contains only tensors and
-plain Python values and is always read with ``torch.load(weights_only=True)``.
+plain Python values and is always read with ``torch.load(weights_only=True)``. (That pair is
+sacvit 0.1's training format, still read to resume old runs; training now writes the one-unit
+checkpoint folders of :mod:`.train_state`.)
 
 Every file is written to a temporary name in the same folder, flushed to disk and moved into
 place with :func:`os.replace`, so a crash never leaves a half-written checkpoint. The metadata
