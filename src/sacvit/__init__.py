@@ -8,6 +8,7 @@ Importing the package registers the ``sacvit_*`` variants with timm::
 """
 
 from .config import SACConfig
+from .engine.loss import sac_loss
 from .model import Prediction, SACViT, load_backbone_weights
 
 __version__ = "0.1.0"
@@ -22,4 +23,4 @@ def create_model(name: str, checkpoint: str | None = None, **kwargs):
     return timm.create_model(name, **kwargs)
 
 
-__all__ = ["SACConfig", "SACViT", "Prediction", "load_backbone_weights", "create_model", "__version__"]
+__all__ = ["SACConfig", "SACViT", "Prediction", "load_backbone_weights", "create_model", "sac_loss", "__version__"]

@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": "sacvit.cli.eval",
     "bench": "sacvit.cli.bench",
     "demo": "sacvit.cli.demo",
+    "standin": "sacvit.cli.standin",
 }
 
 
