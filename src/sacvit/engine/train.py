@@ -446,12 +446,13 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                 every = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                 if (every or due) and i + 1 < steps_per_epoch:  # the epoch end saves anyway
                     save_everywhere(saver, d, model, None if ema is None else ema.module,
-                                shared_state(optimizer, scheduler, scaler, step, d, history, nonfinite),
-                                {"rng": rng_state(), "epoch_rng": epoch_rng, "loss_sum": loss_sum.cpu()},
-                                step=step, epoch=epoch, batch=i + 1)
+                                    shared_state(optimizer, scheduler, scaler, step, d, history, nonfinite),
+                                    {"rng": rng_state(), "epoch_rng": epoch_rng, "loss_sum": loss_sum.cpu()},
+                                    step=step, epoch=epoch, batch=i + 1)
                     last_save = time.monotonic()
             bar.close()
-            train_loss = all_mean(loss_sum, d) / max(1, steps_per_epoch - nonfinite)
+            trained = steps_per_epoch - nonfinite  # every rank skipped the same steps
+            train_loss = all_mean(loss_sum, d) / trained if trained else math.nan
             if not math.isfinite(train_loss):
                 raise ValueError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); lower --lr")
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
@@ -464,9 +465,9 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             save_everywhere(saver, d, model, None if ema is None else ema.module,
-                        shared_state(optimizer, scheduler, scaler, step, d, history, 0),
-                        {"rng": rng_state(), "epoch_rng": None, "loss_sum": None},
-                        step=step, epoch=epoch + 1, batch=0, record=record)
+                            shared_state(optimizer, scheduler, scaler, step, d, history, 0),
+                            {"rng": rng_state(), "epoch_rng": None, "loss_sum": None},
+                            step=step, epoch=epoch + 1, batch=0, record=record)
             last_save = time.monotonic()
             if d.main:
                 append_json(out / "metrics.jsonl", record)
