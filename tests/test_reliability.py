@@ -99,9 +99,10 @@ def reference(tmp_path_factory) -> dict:
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def test_mid_epoch_checkpoints_leave_training_unchanged(tmp_path, reference):
+@pytest.mark.parametrize("every", [dict(checkpoint_every=1), dict(checkpoint_minutes=1e-9)])
+def test_mid_epoch_checkpoints_leave_training_unchanged(tmp_path, reference, every):
     out = tmp_path / "run"
-    train(cfg(out, checkpoint_every=1))  # a checkpoint after every step
+    train(cfg(out, **every))  # a checkpoint after every step (by count, by time)
     assert result(out) == reference
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == ["latest", "step-000000023", "step-000000024"]  # the newest and the previous one
