@@ -38,7 +38,7 @@ examples:
 
   # DDP that survives a lost worker: torchrun restarts the processes once, and they resume
   # from the last checkpoint by themselves (no --resume needed)
-  torchrun --nproc_per_node=2 --max-restarts=1 -m sacvit.cli train ... --checkpoint-every 500
+  torchrun --standalone --nproc_per_node=2 --max-restarts=1 -m sacvit.cli train ... --checkpoint-every 500
 
   # fail on the first unreadable image instead of skipping it
   sacvit train --data imagefolder --data-dir /data/imagenet --strict ...
