@@ -18,6 +18,10 @@ COMMANDS = {
     "eval": "sacvit.cli.eval",
     "bench": "sacvit.cli.bench",
     "demo": "sacvit.cli.demo",
+    "predict": "sacvit.cli.predict",
+    "visualize": "sacvit.cli.visualize",
+    "calibrate": "sacvit.cli.calibrate",
+    "export": "sacvit.cli.export",
 }
 
 

@@ -3,7 +3,9 @@
 A checkpoint ``NAME.safetensors`` holds the model weights and, in the safetensors header
 metadata, everything needed to rebuild the model with ``timm.create_model``: the model name, its
 keyword arguments, the SAC-ViT configuration (or none for a plain ViT), the class names, the
-number of finished epochs and the metrics of that epoch. When an optimizer is given, a sidecar
+number of finished epochs and the metrics of that epoch; optionally the evaluation preprocessing
+(:class:`~sacvit.data.preprocess.Preprocess` as a dict) and the record of a threshold
+calibration (:func:`update_metadata` stores a calibrated η as ``sac_config["threshold"]``). When an optimizer is given, a sidecar
 ``NAME.state.pt`` holds the optimizer, scheduler and RNG states; it contains only tensors and
 plain Python values and is always read with ``torch.load(weights_only=True)``.
 
@@ -32,6 +34,7 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "state_path",
+    "update_metadata",
 ]
 
 FORMAT = "sacvit-checkpoint/1"
@@ -87,6 +90,8 @@ def save_checkpoint(
     epoch: int = 0,
     extra_metrics: dict[str, Any] | None = None,
     extra_state: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s weights and metadata to ``path`` (safetensors), atomically.
 
@@ -102,6 +107,8 @@ def save_checkpoint(
         epoch: Number of finished training epochs.
         extra_metrics: JSON-serialisable metrics stored in the metadata.
         extra_state: More sidecar entries (tensors and plain Python values only), e.g. RNG states.
+        preprocess: How evaluation images are made (``Preprocess.to_dict()``).
+        calibration: The record of a threshold calibration (see :func:`update_metadata`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -120,6 +127,10 @@ def save_checkpoint(
         "epoch": str(int(epoch)),
         "metrics": json.dumps(extra_metrics or {}),
     }
+    if preprocess is not None:
+        metadata["preprocess"] = json.dumps(preprocess)
+    if calibration is not None:
+        metadata["calibration"] = json.dumps(calibration)
     if optimizer is not None:
         state: dict[str, Any] = {"format": FORMAT, "epoch": int(epoch), "optimizer": optimizer.state_dict(),
                                  "scheduler": None if scheduler is None else scheduler.state_dict()}
@@ -135,7 +146,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     Returns:
         ``model_name``, ``model_kwargs``, ``sac_config`` (dict or ``None``), ``class_names``,
-        ``epoch``, ``metrics`` and ``path``.
+        ``epoch``, ``metrics``, ``preprocess`` and ``calibration`` (dicts, ``None`` when not
+        recorded) and ``path``.
 
     Raises:
         CheckpointNotFoundError: ``path`` does not exist.
@@ -162,6 +174,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             "class_names": json.loads(raw["class_names"]),
             "epoch": int(raw["epoch"]),
             "metrics": json.loads(raw["metrics"]),
+            "preprocess": json.loads(raw["preprocess"]) if "preprocess" in raw else None,
+            "calibration": json.loads(raw["calibration"]) if "calibration" in raw else None,
             "path": str(path),
         }
     except (KeyError, ValueError) as err:
@@ -209,6 +223,62 @@ def load_checkpoint(
     except Exception as err:
         raise ValueError(f"{path}: weights do not fit model {name!r}: {err}") from err
     return model.to(map_location).eval(), meta
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical tensors (NaNs included)."""
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
+
+
+def update_metadata(path: str | Path, *, threshold: float | None = None,
+                    calibration: dict[str, Any] | None = None,
+                    preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rewrite a checkpoint's metadata in place, atomically, with the same weights.
+
+    The tensors are read, written with the new metadata to a temporary file in the same folder,
+    read back and compared with the originals bit for bit, and only then moved over ``path``; the
+    training-state sidecar is left untouched.
+
+    Args:
+        path: a checkpoint written by :func:`save_checkpoint`.
+        threshold: a new default exit threshold η (``sac_config["threshold"]``; SAC-ViT only).
+        calibration: the record of how ``threshold`` was chosen.
+        preprocess: the evaluation preprocessing.
+
+    Returns:
+        The new metadata (as :func:`read_metadata`).
+
+    Raises:
+        ValueError: not a sacvit checkpoint, a threshold for a plain ViT, or weights that changed.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    with safe_open(str(path), framework="pt") as f:
+        raw = dict(f.metadata())
+    if threshold is not None:
+        if meta["sac_config"] is None:
+            raise ValueError(f"{path} holds a plain ViT ({meta['model_name']}): it has no exit threshold")
+        sac = dict(meta["sac_config"], threshold=float(threshold))
+        SACConfig.from_dict(sac)  # still a valid configuration
+        raw["sac_config"] = json.dumps(sac)
+    if calibration is not None:
+        raw["calibration"] = json.dumps(calibration)
+    if preprocess is not None:
+        raw["preprocess"] = json.dumps(preprocess)
+    weights = load_file(str(path))
+
+    def write(tmp: str) -> None:
+        save_file(weights, tmp, metadata=raw)
+        again = load_file(tmp)
+        if again.keys() != weights.keys() or not all(_same_bits(again[k], v) for k, v in weights.items()):
+            raise ValueError(f"{path}: the rewritten weights differ from the original; nothing was changed")
+
+    _atomic_write(path, write)
+    return read_metadata(path)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

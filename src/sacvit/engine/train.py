@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import SACConfig
+from ..data.preprocess import preprocess_for
 from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
 from .loss import cross_entropy, sac_loss
@@ -427,7 +428,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                          "model": None if ema is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}}
                 save_checkpoint(ckpt, deployed, model_name=cfg.model, model_kwargs=model_kwargs, sac_cfg=sac_cfg,
                                 class_names=classes, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                                extra_metrics=record, extra_state=extra)
+                                extra_metrics=record, extra_state=extra,
+                                preprocess=preprocess_for(cfg.data, img_size).to_dict())
                 _append_json(out / "metrics.jsonl", record)
                 print(_summary(record, cfg.epochs), flush=True)
         if d.world > 1:
