@@ -204,6 +204,11 @@ def test_calibrate_cli_and_an_impossible_budget(ckpt, capsys, tmp_path):
                       "--out", tmp_path / "cal")
     assert rc == 0 and "chosen: η =" in out and "stored in" in out
     assert (tmp_path / "cal" / "calibration.csv").is_file() and (tmp_path / "cal" / "calibration.png").is_file()
+    eta = read_metadata(ckpt)["sac_config"]["threshold"]
+    rc, _, _ = _run(capsys, "eval", "--checkpoint", ckpt, "--data", "synthetic", "--split", "holdout",
+                    "--timing-batches", 0, "--out", tmp_path / "eval")
+    thresholds = (tmp_path / "eval" / "results.csv").read_text()
+    assert rc == 0 and f",{eta}," in thresholds  # eval sweeps the calibrated η by default
     before = ckpt.read_bytes()
     rc, _, err = _run(capsys, "calibrate", "--checkpoint", ckpt, "--data", "synthetic", "--budget-gmacs", 1e-6)
     assert rc == 2 and "no threshold meets" in err and ckpt.read_bytes() == before
