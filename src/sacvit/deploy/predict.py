@@ -92,10 +92,15 @@ def load_images(paths: Sequence[Path], preprocess) -> tuple[list[torch.Tensor], 
     tensors, ok, failed = [], [], []
     for p in paths:
         try:
-            tensors.append(preprocess(open_image(p)))
-            ok.append(p)
+            image = open_image(p)
         except ValueError as err:
             failed.append(Result(path=str(p), error=str(err).removeprefix(f"cannot read image {p}: ")))
+            continue
+        try:
+            tensors.append(preprocess(image))
+            ok.append(p)
+        except Exception as err:  # a decodable image in a mode PIL cannot convert (LAB, HSV, …)
+            failed.append(Result(path=str(p), error=f"cannot preprocess a {image.mode} image: {err}"))
     return tensors, ok, failed
 
 
