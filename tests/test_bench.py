@@ -15,7 +15,7 @@ from sacvit import bench, flops
 from sacvit.bench import profile as bench_profile
 from sacvit.model.attention import cluster_block
 
-from conftest import make_tiny
+from conftest import make_tiny, write_fake_fmnist
 
 
 def bench_main(argv: list[str]) -> int:
@@ -228,9 +228,7 @@ def test_bench_is_a_sacvit_command():
 
 def test_checkpoints_and_dataset_give_top1(tmp_path):
     from sacvit.engine import checkpoint
-    data_dir = Path("/usr/share/datasets/fashion-mnist")
-    if not (data_dir / "t10k-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not installed")
+    data_dir = write_fake_fmnist(tmp_path / "fmnist")
     kw = dict(depth=1, embed_dim=32, num_heads=2, num_classes=10)
     sac = timm.create_model("sacvit_demo_patch8_112", **kw)
     plain = timm.create_model("deit_demo_patch8_112", **kw)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_idx
 from sacvit.data import (
     DATASET_NAMES,
     ClutteredFashionMNIST,
@@ -23,17 +24,6 @@ from sacvit.data import (
     materialize,
     read_idx,
 )
-
-_CODES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
-
-
-def write_idx(path: Path, arr: np.ndarray, compress: bool = True) -> Path:
-    """Write ``arr`` (uint8 or int32) as an idx file, gzipped when ``compress``."""
-    arr = arr.astype(">i4") if arr.dtype.kind == "i" and arr.itemsize > 1 else arr.astype(np.uint8)
-    data = struct.pack(f">BBBB{arr.ndim}I", 0, 0, _CODES[arr.dtype], arr.ndim, *arr.shape) + arr.tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-    return path
-
 
 def make_images(n: int, offset: int) -> np.ndarray:
     """``n`` dark 28x28 images, each with one large bright rectangle of its own size."""

@@ -80,8 +80,8 @@ def test_evit_token_counts_and_tensors(vit, images):
     assert mlp == [17, 10, 7, 7]
 
 
-def test_evit_default_locs_clipped_to_depth(vit):
-    assert EViTViT(vit).locs == (3,)
+def test_evit_default_locs_scaled_to_depth(vit):
+    assert EViTViT(vit).locs == (1, 2, 3)  # 4 blocks: the relative depths of DeiT's 3, 6, 9 of 12
     deep = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=12, num_heads=2,
                              num_classes=10)
     assert EViTViT(deep).locs == (3, 6, 9)

@@ -74,7 +74,12 @@ def test_pretrained_without_file_never_downloads():
 
 
 def test_head_of_other_class_count_is_reinitialised(deit_tiny_files):
-    _, d = deit_tiny_files
+    deit, d = deit_tiny_files
+    torch.manual_seed(5)
     model = sacvit.create_model("sacvit_deit_tiny_patch16_224", checkpoint=str(d / "timm.pth"),
-                                depth=2, num_classes=10)
+                                depth=2, num_classes=10).eval()
     assert model.head.weight.shape == (10, 192)
+    # the backbone is DeiT's, the 10-class head is freshly initialised: the features agree
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(timm.models.VisionTransformer.forward_features(model, x), deit.forward_features(x))

@@ -14,6 +14,7 @@ A trained checkpoint rebuilds itself, with its class names, calibrated η and pr
 from .config import SACConfig
 from .deploy.pretrained import from_pretrained
 from .engine.calibrate import calibrate
+from .engine.loss import sac_loss
 from .model import Prediction, SACViT, load_backbone_weights
 
 __version__ = "0.1.0"
@@ -29,4 +30,4 @@ def create_model(name: str, checkpoint: str | None = None, **kwargs):
 
 
 __all__ = ["SACConfig", "SACViT", "Prediction", "load_backbone_weights", "create_model", "from_pretrained",
-           "calibrate", "__version__"]
+           "calibrate", "sac_loss", "__version__"]

@@ -66,6 +66,7 @@ class BenchConfig:
     data_dir: str | None = None
     split: str = "test"
     limit: int = 1000
+    score: bool = True
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     thresholds: list[float] | None = None
     exit_shares: list[float] | None = None
@@ -269,7 +270,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
              "batch-1 latency with several threads suffers most)" if busy else ""))
     measure(rows, x, repeats=cfg.repeats, warmup=warmup, latency_repeats=cfg.latency_repeats,
             interleave=cfg.interleave, amp=amp, compiled=cfg.compile)
-    if dataset is not None:
+    if dataset is not None and cfg.score:
         score(rows, dataset, cfg.batch, device, amp)
     results = finish(rows, cfg.batch)
     env["loadavg_1m_end"] = loadavg()

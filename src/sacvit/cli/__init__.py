@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": "sacvit.cli.eval",
     "bench": "sacvit.cli.bench",
     "demo": "sacvit.cli.demo",
+    "standin": "sacvit.cli.standin",
     "predict": "sacvit.cli.predict",
     "visualize": "sacvit.cli.visualize",
     "calibrate": "sacvit.cli.calibrate",

@@ -63,7 +63,7 @@ class ClutterStyle:
 #: The named styles; ``"v2"`` is the default data of ``sacvit demo``.
 STYLES: dict[str, ClutterStyle] = {
     "v1": ClutterStyle(canvas=112, scale=(32, 64), num_clutter=8, clutter_size=(8, 14)),
-    "v2": ClutterStyle(canvas=112, scale=(20, 32), num_clutter=16, clutter_size=(10, 16)),
+    "v2": ClutterStyle(canvas=112, scale=(24, 40), num_clutter=12, clutter_size=(8, 12)),
 }
 _BOX_CACHE: dict[tuple[str, str], list[list[int]]] = {}
 

@@ -19,9 +19,14 @@ from torch import nn
 from sacvit.flops import GIGA
 from sacvit.peers.tome import attend, attn_half_macs, check_vit, embed, head, mlp, mlp_macs, stem_and_head_macs
 
-__all__ = ["EViTViT", "DEFAULT_LOCS"]
+__all__ = ["EViTViT", "DEFAULT_LOCS", "default_locs"]
 
-DEFAULT_LOCS = (3, 6, 9)  # DeiT setting: reduce in the 4th, 7th and 10th block
+DEFAULT_LOCS = (3, 6, 9)  # DeiT setting: reduce in the 4th, 7th and 10th of 12 blocks
+
+
+def default_locs(depth: int) -> tuple[int, ...]:
+    """EViT's reduction blocks at the same relative depths as DeiT's ``(3, 6, 9)`` of 12."""
+    return tuple(sorted({round(depth * i / 12) for i in DEFAULT_LOCS} & set(range(1, depth))))
 
 
 def n_keep(keep_rate: float, n_tokens: int) -> int:
@@ -45,7 +50,8 @@ class EViTViT(nn.Module):
     Args:
         model: a timm ``VisionTransformer`` with a class token.
         keep_rate: fraction of the non-CLS tokens kept at each reduction block, in ``(0, 1]``.
-        locs: indices of the reduction blocks; default ``(3, 6, 9)`` clipped to the depth.
+        locs: indices of the reduction blocks; default ``(3, 6, 9)`` of 12 scaled to the depth
+            (:func:`default_locs`: ``(1, 2, 3)`` for 4 blocks).
 
     Raises:
         ValueError: if the model is unsupported, ``keep_rate`` is outside ``(0, 1]`` or a
@@ -61,7 +67,7 @@ class EViTViT(nn.Module):
         if isinstance(keep_rate, bool) or not isinstance(keep_rate, (int, float)) or not 0 < keep_rate <= 1:
             raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
         if locs is None:
-            locs = tuple(i for i in DEFAULT_LOCS if i < depth)
+            locs = default_locs(depth)
         if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < depth for i in locs):
             raise ValueError(f"locs must be block indices in [0, {depth}), got {tuple(locs)!r}")
         self.keep_rate = float(keep_rate)

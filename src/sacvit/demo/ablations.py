@@ -1,0 +1,59 @@
+"""Figure 3 of the paper: each design of SAC-ViT removed in turn, same stand-in, recipe and budget.
+
+Each variant is a SAC-ViT fine-tuned with one :class:`~sacvit.config.SACConfig` change (except
+"no early exit", the full method evaluated with η > 1), its own η calibrated on the held-out split
+with the demo's criterion, and reported on the test split, whatever it shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import DemoConfig
+from .evidence import SAC_ONLY, Evidence, calibrate, paired, sac_correct
+from .runs import SAC_MODEL, fine_tune
+
+__all__ = ["ABLATIONS", "run_ablations"]
+
+#: ``(key, label, SACConfig change)``; ``None``: no training (the full method at η > 1).
+ABLATIONS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
+    ("no_exit", "no early exit (η > 1)", None),
+    ("no_clustering", "no clustering: whole image through SAC at full res.", {"window": 7}),
+    ("no_reuse", "no feature reuse", {"reuse": False}),
+    ("no_kl", "no KL term", {"kl_weight": 0.0}),
+    ("full_attention", "full attention over the SAC tokens", {"attention": "full"}),
+    ("center_window", "centre window instead of the GCA window", {"window_policy": "center"}),
+    ("random_window", "random window instead of the GCA window", {"window_policy": "random"}),
+    ("window_3", "window side m = 3", {"window": 3}),
+    ("window_4", "window side m = 4", {"window": 4}),
+    ("window_5", "window side m = 5", {"window": 5}),
+)
+
+
+def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin: Path, baseline_holdout: float,
+                  main_test, main_eta: float) -> list[dict[str, Any]]:
+    """Train (or reuse) every variant and return one row per variant, the full method first."""
+    base_t = ev.plain(ckpt["baseline"], "test")
+    main_window = {**cfg.sac}.get("window", 5)
+    rows = [_row("SAC-ViT (every design)", "full", main_test, main_eta, True, base_t, cfg.seed)]
+    for key, label, change in ABLATIONS:
+        if cfg.ablation_keys is not None and key not in cfg.ablation_keys:
+            continue
+        if change is None:
+            rows.append(_row(label, key, main_test, SAC_ONLY, True, base_t, cfg.seed))
+            continue
+        if change.get("window") == main_window and set(change) == {"window"}:
+            continue  # the full method itself
+        path = fine_tune(cfg, f"ablation_{key}", SAC_MODEL, standin, sac=change)
+        choice, met = calibrate(ev.stages(path, "holdout"), baseline_holdout, cfg.tolerance)
+        rows.append(_row(label, key, ev.stages(path, "test"), choice.threshold, met, base_t, cfg.seed))
+    return rows
+
+
+def _row(label: str, key: str, records, eta: float, met: bool, base_t, seed: int) -> dict[str, Any]:
+    row = records.row(eta, label=label)
+    sac_only, ee_only = records.row(SAC_ONLY), records.row(0.0)
+    return {**row, "key": key, "criterion_met": met, "top1_sac_only": sac_only["top1"],
+            "gmacs_sac_only": sac_only["gmacs"], "top1_ee_only": ee_only["top1"],
+            "vs_baseline": paired(base_t, sac_correct(records, eta), seed)}

@@ -1,0 +1,119 @@
+"""The demo's protocol, fixed before any comparison is run: one recipe, two budgets, one criterion.
+
+* :class:`Recipe` — the fine-tuning recipe every compared model gets (baseline, SAC-ViT, the
+  EE-resolution ViT, every ablation), from the same stand-in weights;
+* :data:`PRESETS` — ``demo`` (``make demo``, about 15 minutes on 2 CPU cores) and ``full``
+  (about 90 minutes: the README's headline numbers);
+* :class:`DemoConfig` — one run: a preset plus where the data, the stand-in and the outputs are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Recipe", "Preset", "PRESETS", "DemoConfig"]
+
+
+@dataclass
+class Recipe:
+    """The fine-tuning recipe shared by every compared model (a SAC-ViT ignores nothing of it; a
+    plain ViT ignores ``select_after``, which is SAC-ViT's selection warm-up).
+
+    The values were set once, before the comparisons: AdamW at a fine-tuning learning rate (half
+    the stand-in's), a short linear warm-up, cosine decay, label smoothing 0.1 as DeiT, no
+    drop-path (4 blocks), gradient clipping at 1, and model EMA (timm ``ModelEmaV3``, decay at
+    most 0.9998 with its warm-up ``1 − (1 + t)^(−2/3)``, so short and long runs share one
+    setting; CF-/LF-ViT train with EMA). ``select_after = 0.25``: the SAC stage sees the whole
+    image for the first quarter of the fine-tuning (CF-/LF-ViT switch selection on after 2/3 of a
+    300-epoch run from scratch; fine-tuning from a converged stand-in needs a shorter warm-up).
+    """
+
+    lr: float = 5e-4
+    batch_size: int = 64
+    warmup_epochs: float = 0.1
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_path: float = 0.0
+    clip_grad: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.9998
+    select_after: float = 0.25
+
+
+@dataclass
+class Preset:
+    """A training budget and the evaluation sizes.
+
+    Attributes:
+        train_length: training images per epoch (the first of the train split; ``None``: all).
+        epochs: fine-tuning epochs of every compared model.
+        holdout: images of the held-out split used to calibrate η (``None``: all 10 000).
+        test: images of the test split reported on (``None``: all 10 000).
+        bench_repeats: timed batches per row of the throughput benchmark.
+    """
+
+    train_length: int | None
+    epochs: int
+    holdout: int | None = None
+    test: int | None = None
+    bench_repeats: int = 5
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(train_length=25_000, epochs=1),
+    "full": Preset(train_length=None, epochs=4, bench_repeats=10),
+}
+
+
+@dataclass
+class DemoConfig:
+    """One ``sacvit demo`` run.
+
+    Attributes:
+        out: output folder (trainings resume, evaluations are cached by checkpoint hash).
+        preset: a name of :data:`PRESETS`.
+        data_dir: Fashion-MNIST folder (default: the system copy).
+        standin: stand-in checkpoint (default: the one shipped in the package).
+        recipe: the fine-tuning recipe.
+        sac: SAC-ViT configuration overrides (e.g. ``{"window": 4}``).
+        tolerance: η is the cheapest threshold whose held-out top-1 is at most this many points
+            below the baseline's held-out top-1 (the target's own tolerance).
+        thresholds: the η sweep reported on the test split (the calibrated η is added).
+        tome_r, evit_keep: the peers' settings on the baseline's weights (spanning the compute of
+            SAC-ViT's operating points on the 4-block, 196-token demo ViT).
+        ablations: also train and report the Figure-3 set of ablations.
+        ablation_keys: only these of :data:`~sacvit.demo.ablations.ABLATIONS` (default: all).
+        bench: also time the trained models (batch 64, 2 threads).
+        model_kwargs: geometry overrides of the demo models (tests use tiny ones).
+        threads: CPU threads of the trainings and evaluations (default: every core; the benchmark
+            always uses 2).
+        seed: seed of every training and of the data layout.
+        overrides: a :class:`Preset` field → value map applied on top of the preset.
+    """
+
+    out: str = "runs/demo"
+    preset: str = "demo"
+    data_dir: str | None = None
+    standin: str | None = None
+    recipe: Recipe = field(default_factory=Recipe)
+    sac: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = 0.5
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    tome_r: tuple[int, ...] = (16, 32, 48)
+    evit_keep: tuple[float, ...] = (0.7, 0.5, 0.3)
+    ablations: bool = False
+    ablation_keys: tuple[str, ...] | None = None
+    bench: bool = True
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def budget(self) -> Preset:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        import dataclasses
+
+        return dataclasses.replace(PRESETS[self.preset], **self.overrides)

@@ -1,0 +1,97 @@
+"""Measurements of the demo: per-image results on the held-out and test splits, η calibrated on
+the held-out split only, rows with 95% intervals, and paired tests.
+
+Per-image results are cached under ``OUT/records`` keyed by the checkpoint's SHA-256, the split
+and the window policy, so a rerun of the demo recomputes nothing that has not changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine.calibrate import Choice, choose_threshold
+from ..engine.evaluate import SAC_ONLY, StageRecords, collect, plain_correct
+from ..stats import compare, wilson_interval
+from ..standin import sha256
+
+__all__ = ["Evidence", "calibrate", "plain_row"]
+
+
+class Evidence:
+    """Cached per-image results of checkpoints on the demo's splits."""
+
+    def __init__(self, out: Path, datasets: dict[str, Any], seed: int = 0) -> None:
+        self.dir = Path(out) / "records"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.datasets, self.seed = datasets, seed
+
+    def _key(self, ckpt: Path, split: str, tag: str) -> Path:
+        return self.dir / f"{sha256(ckpt)[:16]}_{split}_{len(self.datasets[split])}_{tag}.npz"
+
+    def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
+        """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy)."""
+        from ..engine.checkpoint import load_checkpoint
+
+        path = self._key(ckpt, split, f"stages-{policy or 'own'}")
+        if path.is_file():
+            return StageRecords.load(path)
+        model, _ = load_checkpoint(ckpt)
+        if policy is not None:
+            model.sac_cfg = dataclasses.replace(model.sac_cfg, window_policy=policy)
+        torch.manual_seed(self.seed)  # the random window policy draws from the global generator
+        records = collect(model, self.datasets[split])
+        records.save(path)
+        return records
+
+    def plain(self, ckpt: Path, split: str) -> np.ndarray:
+        """Per-image correctness of a plain ViT checkpoint on ``split``."""
+        from ..engine.checkpoint import load_checkpoint
+
+        path = self._key(ckpt, split, "plain")
+        if path.is_file():
+            with np.load(path) as f:
+                return f["correct"]
+        model, _ = load_checkpoint(ckpt)
+        correct = plain_correct(model, self.datasets[split])
+        np.savez(path, correct=correct)
+        return correct
+
+
+def calibrate(records: StageRecords, reference_top1: float, tolerance: float) -> tuple[Choice, bool]:
+    """η on held-out records: the cheapest point within ``tolerance`` of ``reference_top1``.
+
+    Returns:
+        The choice and whether the criterion was met; when no point meets it, the most accurate
+        point is returned (and ``False``), so that the miss is reported, not hidden.
+    """
+    try:
+        return choose_threshold(records, max_drop=tolerance, reference_top1=reference_top1), True
+    except ValueError:
+        return choose_threshold(records, budget_gmacs=float("inf")), False
+
+
+def plain_row(label: str, mode: str, correct: np.ndarray, gmacs: float) -> dict[str, Any]:
+    """A row of a plain model: top-1 with its 95% interval and its GMACs."""
+    n, k = len(correct), int(correct.sum())
+    low, high = wilson_interval(k, n)
+    return {"label": label, "mode": mode, "threshold": None, "top1": 100 * k / n, "top1_low": 100 * low,
+            "top1_high": 100 * high, "exit_share": None, "top1_exited": None, "top1_sac": None,
+            "gmacs": gmacs, "images": n}
+
+
+def sac_correct(records: StageRecords, threshold: float) -> np.ndarray:
+    """Per-image correctness of SAC-ViT at ``threshold``."""
+    return records.at(threshold)[1]
+
+
+def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """B vs A on the same images: the difference with its paired-bootstrap 95% interval and McNemar's p."""
+    return compare(a, b, seed=seed).to_dict()
+
+
+__all__ += ["sac_correct", "paired", "SAC_ONLY"]

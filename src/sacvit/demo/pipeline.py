@@ -1,0 +1,241 @@
+"""``sacvit demo``: the whole evidence for SAC-ViT on the embedded data, from one command.
+
+1. Fine-tune, from the same stand-in (a plain ViT trained at the full resolution, the demo's
+   DeiT) and with the same recipe and budget: the full-resolution baseline, SAC-ViT and the
+   plain ViT at the EE resolution (:mod:`.runs`).
+2. Calibrate η on the held-out split: the cheapest threshold within ``tolerance`` points of the
+   baseline's held-out accuracy (:mod:`.evidence`). Nothing is chosen on the test split.
+3. Report on the whole test split with 95% intervals: the η sweep with the per-stage analysis
+   (Figure 4), SAC-ViT at the calibrated η against the baseline (paired bootstrap and McNemar),
+   the GCA window against a fixed centre and a random window on the same weights, ToMe and EViT
+   on the baseline's weights, the wall clock of the trained models, the Figure-5 grid, the
+   validation curves and, with ``--ablations``, the Figure-3 set (:mod:`.ablations`).
+
+Everything lands in ``OUT/``: ``report.md`` (every table, as the README quotes them),
+``summary.json``, CSVs and PNGs. A second run reuses finished trainings and cached evaluations,
+and resumes an interrupted training where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import DemoConfig
+from .evidence import SAC_ONLY, Evidence, calibrate, paired, plain_row, sac_correct
+from .runs import PLAIN_MODEL, SAC_MODEL, curve, fine_tune
+
+__all__ = ["run_demo"]
+
+
+def _datasets(cfg: DemoConfig) -> dict[str, Any]:
+    from ..data import build_dataset
+
+    budget = cfg.budget()
+    common = dict(seed=cfg.seed, prerender=True, cache_dir=Path(cfg.out) / "cache")
+    return {"holdout": build_dataset("cluttered-fmnist", cfg.data_dir, "holdout", 112, length=budget.holdout, **common),
+            "test": build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, length=budget.test, **common)}
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Train (or reuse) every compared model, measure, and write the report; returns the summary."""
+    from .. import flops, plots
+    from ..data import DEFAULT_FMNIST_DIR
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.evaluate import COLUMNS, TABLE, sweep
+    from ..report import format_table, write_csv, write_json
+    from ..standin import standin_path
+    from . import report
+
+    import torch
+
+    t0 = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.data_dir = cfg.data_dir or DEFAULT_FMNIST_DIR
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "demo_config.json", asdict(cfg))
+    standin = standin_path(cfg.standin)
+    ckpt = {"baseline": fine_tune(cfg, "baseline", PLAIN_MODEL, standin),
+            "sacvit": fine_tune(cfg, "sacvit", SAC_MODEL, standin),
+            "ee_res": fine_tune(cfg, "ee_res", PLAIN_MODEL, standin, img_size=56)}
+    ev = Evidence(out, _datasets(cfg), cfg.seed)
+    ee_res_data = {s: _ee_view(cfg, s) for s in ("test",)}
+
+    # ---- calibration on the held-out split
+    base_h = ev.plain(ckpt["baseline"], "holdout")
+    sac_h = ev.stages(ckpt["sacvit"], "holdout")
+    choice, met = calibrate(sac_h, 100 * base_h.mean(), cfg.tolerance)
+    eta = choice.threshold
+
+    # ---- the test split
+    baseline, _ = load_checkpoint(ckpt["baseline"])
+    base_t = ev.plain(ckpt["baseline"], "test")
+    sac_t = ev.stages(ckpt["sacvit"], "test")
+    ee_res_t = _plain_on(ckpt["ee_res"], ee_res_data["test"], ev, "test-56px")
+    ee_res_model, _ = load_checkpoint(ckpt["ee_res"])
+    rows = sweep(sac_t, sorted(set(cfg.thresholds) | {eta}))
+    for r in rows:
+        r["model"] = SAC_MODEL
+    rows.append({**plain_row("baseline ViT 112 px", "baseline", base_t, flops.vit_gmacs(baseline)), "model": PLAIN_MODEL})
+    rows.append({**plain_row("plain ViT at the EE resolution (56 px)", "ee_res", ee_res_t,
+                             flops.vit_gmacs(ee_res_model)), "model": PLAIN_MODEL})
+    write_csv(out / "results.csv", rows, COLUMNS)
+    print(format_table(rows, TABLE))
+    policies = {p: ev.stages(ckpt["sacvit"], "test", policy=p) for p in ("gca", "center", "random")}
+
+    summary: dict[str, Any] = {
+        "preset": cfg.preset, "budget": asdict(cfg.budget()), "recipe": asdict(cfg.recipe),
+        "standin": str(standin), "images": {k: len(v) for k, v in ev.datasets.items()},
+        "calibration": {**choice.to_dict(), "criterion_met": met, "split": "holdout",
+                        "baseline_holdout_top1": 100 * float(base_h.mean())},
+        "test": {r["mode"] if r["mode"] != "sacvit" else f"sacvit@{r['threshold']:.6g}": r for r in rows},
+        "at_eta": sac_t.row(eta, label=f"SAC-ViT η={eta:.3g} (calibrated)"),
+        "sacvit_vs_baseline": paired(base_t, sac_correct(sac_t, eta), cfg.seed),
+        "sac_only_vs_baseline": paired(base_t, sac_correct(sac_t, SAC_ONLY), cfg.seed),
+        "target_a_baseline_minus_ee_res": 100 * float(base_t.mean() - ee_res_t.mean()),
+        "target_a_ee_res_vs_baseline": paired(ee_res_t, base_t, cfg.seed),
+        "window_policies": {p: r.row(SAC_ONLY, "sac_only", f"SAC only, {p} window") for p, r in policies.items()},
+        "target_b_gca_vs_center": paired(sac_correct(policies["center"], SAC_ONLY),
+                                         sac_correct(policies["gca"], SAC_ONLY), cfg.seed),
+        "target_b_gca_vs_random": paired(sac_correct(policies["random"], SAC_ONLY),
+                                         sac_correct(policies["gca"], SAC_ONLY), cfg.seed),
+        "gmacs_ratio_at_eta": sac_t.row(eta)["gmacs"] / flops.vit_gmacs(baseline),
+    }
+    peers = _peers(cfg, ev, baseline, base_t)
+    summary["peers"] = peers
+    if cfg.bench:
+        summary["bench"] = _bench(cfg, ckpt, eta)
+    curves = {"stand-in (from scratch)": _standin_curve(standin),
+              "baseline fine-tune": _shift(curve(out / "baseline", "val_top1"), standin),
+              "SAC-ViT fine-tune (SAC stage)": _shift(curve(out / "sacvit", "val_top1_sac"), standin),
+              "SAC-ViT fine-tune (EE stage)": _shift(curve(out / "sacvit", "val_top1_ee"), standin)}
+    summary["curves"] = curves
+    if cfg.ablations:
+        from .ablations import run_ablations
+
+        summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, 100 * float(base_h.mean()), sac_t, eta)
+
+    title = f"Cluttered Fashion-MNIST, test split ({len(base_t)} images), preset {cfg.preset}"
+    plots.accuracy_vs_gmacs(rows, out / "accuracy_vs_gmacs.png", title, chosen=eta)
+    plots.per_stage(rows, out / "per_stage.png", title)
+    plots.training_curves(curves, out / "curves.png", "held-out top-1 over training (the stand-in, then each fine-tune)")
+    if cfg.bench:
+        plots.accuracy_vs_throughput(_speed_points(summary), out / "accuracy_vs_throughput.png", title)
+    _clusters(cfg, ckpt["sacvit"], ev.datasets["test"], sac_t, eta, out / "clusters.png")
+    if cfg.ablations:
+        plots.ablations(summary["ablations"], out / "ablations.png", "each design removed in turn (test split)")
+    summary["seconds"] = time.time() - t0
+    write_json(out / "summary.json", summary)
+    (out / "report.md").write_text(report.markdown(summary))
+    print(report.verdict(summary))
+    print(f"wrote {out}/report.md, summary.json, results.csv and the PNGs ({summary['seconds'] / 60:.1f} min)")
+    return summary
+
+
+def _ee_view(cfg: DemoConfig, split: str):
+    """The split at 56 px: the 112-px images downsampled as the EE stage does (for the EE-res ViT)."""
+    from ..data import build_dataset
+
+    budget = cfg.budget()
+    length = budget.test if split == "test" else budget.holdout
+    return build_dataset("cluttered-fmnist", cfg.data_dir, split, 56, length=length, seed=cfg.seed, prerender=True,
+                         cache_dir=Path(cfg.out) / "cache")
+
+
+def _plain_on(ckpt: Path, dataset, ev: Evidence, tag: str):
+    ev.datasets[tag] = dataset
+    return ev.plain(ckpt, tag)
+
+
+def _peers(cfg: DemoConfig, ev: Evidence, baseline, base_t) -> list[dict[str, Any]]:
+    """ToMe and EViT on the baseline's weights: top-1 on the test split (throughput from the bench)."""
+    import numpy as np
+
+    from ..engine.evaluate import plain_correct
+    from ..peers import build_peer
+
+    rows = []
+    for method, key, values in (("tome", "r", cfg.tome_r), ("evit", "keep_rate", cfg.evit_keep)):
+        for v in values:
+            path = ev.dir / f"peer_{method}_{v}_{len(ev.datasets['test'])}_{_short_hash(baseline)}.npz"
+            peer = build_peer(method, baseline, **{key: v})
+            if path.is_file():
+                with np.load(path) as f:
+                    correct = f["correct"]
+            else:
+                correct = plain_correct(peer, ev.datasets["test"])
+                np.savez(path, correct=correct)
+            setting = f"r={v}" if method == "tome" else f"keep={v:g}"
+            rows.append({**plain_row(f"{method} {setting}", method, correct, peer.gmacs()), "method": method,
+                         "setting": setting, "paired_vs_baseline": paired(base_t, correct, cfg.seed)})
+    return rows
+
+
+def _short_hash(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for v in model.state_dict().values():
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _bench(cfg: DemoConfig, ckpt: dict[str, Path], eta: float) -> list[dict[str, Any]]:
+    """Batch-64 throughput and batch-1 latency of the trained models (``sacvit bench``)."""
+    from ..bench import BenchConfig, run
+
+    budget = cfg.budget()
+    result = run(BenchConfig(checkpoint=str(ckpt["sacvit"]), baseline_checkpoint=str(ckpt["baseline"]),
+                             data="cluttered-fmnist", data_dir=cfg.data_dir, split="test", limit=64,
+                             thresholds=[eta, SAC_ONLY], tome_r=list(cfg.tome_r), evit_keep=list(cfg.evit_keep),
+                             repeats=budget.bench_repeats, latency_repeats=20 if budget.bench_repeats > 1 else 2,
+                             interleave=True, threads=cfg.threads or 2,
+                             score=False, out=str(Path(cfg.out) / "bench")))
+    return [{k: v for k, v in r.items() if k not in ("times_ms", "latencies_ms")} for r in result["rows"]]
+
+
+def _speed_points(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top-1 (test split) against the measured batch-64 throughput of every timed model."""
+    from .report import bench_row
+
+    eta = s["calibration"]["threshold"]
+    points = [({**s["test"]["baseline"], "method": "deit", "setting": "baseline"}, bench_row(s, "deit")),
+              ({**s["at_eta"], "method": "sacvit", "setting": f"η={eta:.3g}"}, bench_row(s, "sacvit", eta)),
+              ({**s["test"]["sac_only"], "method": "sacvit", "setting": "SAC only"}, bench_row(s, "sacvit", SAC_ONLY))]
+    points += [(r, bench_row(s, r["method"], setting=r["setting"])) for r in s["peers"]]
+    return [{**r, "img_s": b["img_s"]} for r, b in points if b is not None]
+
+
+def _standin_curve(standin: Path) -> list[tuple[float, float]]:
+    record = json.loads(standin.with_suffix(".json").read_text())
+    return [(r["images"], r["val_top1"]) for r in record["curve"] if "val_top1" in r]
+
+
+def _shift(points: list[tuple[float, float]], standin: Path) -> list[tuple[float, float]]:
+    """A fine-tune's curve continued from the stand-in's last point (images seen in total)."""
+    base = _standin_curve(standin)
+    start = base[-1] if base else (0.0, None)
+    return ([start] if start[1] is not None else []) + [(start[0] + x, y) for x, y in points]
+
+
+def _clusters(cfg: DemoConfig, ckpt: Path, dataset, records, eta: float, path: Path) -> None:
+    """Figure 5: six test images that exit at EE beside six that go through SAC, at the calibrated η."""
+    import numpy as np
+    import torch
+
+    from ..data import build_dataset
+    from ..engine.checkpoint import load_checkpoint
+    from ..viz import plot_clusters
+
+    exited, _, _ = records.at(eta)
+    picks = list(np.flatnonzero(exited)[:6]) + list(np.flatnonzero(~exited)[:6])
+    raw = build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, seed=cfg.seed)
+    model, meta = load_checkpoint(ckpt)
+    images = torch.stack([dataset[i][0] for i in picks])
+    plot_clusters(model, images, [raw.raw(int(i)) for i in picks], path, threshold=eta,
+                  labels=[dataset[i][1] for i in picks], class_names=meta["class_names"], ncols=6)

@@ -1,0 +1,144 @@
+"""The demo's ``report.md``: every table of the evidence, in the form the README quotes, and the
+one-paragraph verdict printed at the end of ``sacvit demo``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["markdown", "verdict", "bench_row", "targets"]
+
+
+def _ci(r: dict[str, Any]) -> str:
+    return f"{r['top1']:.2f} [{r['top1_low']:.2f}, {r['top1_high']:.2f}]"
+
+
+def _diff(p: dict[str, Any]) -> str:
+    return (f"{p['diff']:+.2f} pt [{p['diff_low']:+.2f}, {p['diff_high']:+.2f}], McNemar p = {p['p_value']:.3g} "
+            f"({p['b_only']} vs {p['a_only']} discordant)")
+
+
+def _short(p: dict[str, Any]) -> str:
+    return f"{p['diff']:+.2f} [{p['diff_low']:+.2f}, {p['diff_high']:+.2f}]"
+
+
+def _table(head: list[str], lines: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(line) + " |" for line in lines]) + "\n"
+
+
+def bench_row(s: dict[str, Any], method: str, threshold: float | None = None, setting: str | None = None):
+    """The benchmark row of ``method`` (at ``threshold`` / with ``setting``), or ``None``."""
+    for r in s.get("bench") or []:
+        if r["method"] != method:
+            continue
+        if threshold is not None and (r["threshold"] is None or abs(r["threshold"] - threshold) > 1e-9):
+            continue
+        if setting is not None and r["setting"] != setting:
+            continue
+        return r
+    return None
+
+
+def _speed(r) -> tuple[str, str]:
+    return ("–", "–") if r is None else (f"{r['img_s']:.0f}", f"{r['speedup']:.2f}×")
+
+
+def targets(s: dict[str, Any]) -> dict[str, tuple[float, bool]]:
+    """The issue's targets: ``name → (measured value, met)``."""
+    at = s["at_eta"]
+    base = s["test"]["baseline"]
+    speed = bench_row(s, "sacvit", s["calibration"]["threshold"])
+    out = {
+        "top-1 gap to the baseline (pt, ≥ −0.5)": (s["sacvit_vs_baseline"]["diff"], s["sacvit_vs_baseline"]["diff"] >= -0.5),
+        "GMACs vs the baseline (≤ 40%)": (100 * at["gmacs"] / base["gmacs"], at["gmacs"] <= 0.4 * base["gmacs"]),
+        "(a) baseline − EE-resolution ViT (pt, ≥ 5)": (s["target_a_baseline_minus_ee_res"],
+                                                        s["target_a_baseline_minus_ee_res"] >= 5),
+        "(b) SAC only, GCA − centre window (pt, ≥ 3)": (s["target_b_gca_vs_center"]["diff"],
+                                                         s["target_b_gca_vs_center"]["diff"] >= 3),
+    }
+    if speed is not None:
+        out["batch-64 throughput vs the baseline (≥ 2×)"] = (speed["speedup"], speed["speedup"] >= 2)
+    return out
+
+
+def markdown(s: dict[str, Any]) -> str:
+    """All tables of a demo summary as Markdown."""
+    t, cal, eta = s["test"], s["calibration"], s["calibration"]["threshold"]
+    base = t["baseline"]
+    n_test = base["images"]
+    parts = [f"# sacvit demo — preset `{s['preset']}`\n",
+             f"Cluttered Fashion-MNIST (v2), {n_test} test images; η calibrated on {cal['images']} held-out "
+             f"training images ({cal['criterion']}: η = {eta:.4g}, criterion "
+             f"{'met' if cal['criterion_met'] else 'NOT met'} on the held-out split). Budget: "
+             f"{s['budget']['epochs']} epoch(s) of {s['budget']['train_length'] or 'all'} training images per model, "
+             f"from the same stand-in; wall-clock {s['seconds'] / 60:.1f} min.\n"]
+    lines = []
+    for key, label in (("baseline", "baseline ViT, 112 px"), ("ee_res", "plain ViT at the EE resolution, 56 px"),
+                       ("ee_only", "SAC-ViT, EE stage only (η = 0)"), ("sac_only", "SAC-ViT, SAC only (η > 1)")):
+        r = t[key]
+        speed = _speed(bench_row(s, {"baseline": "deit", "sac_only": "sacvit"}.get(key, ""),
+                                  1.01 if key == "sac_only" else None))
+        lines.append([label, "–" if r["threshold"] is None else f"{r['threshold']:g}", _ci(r), f"{r['gmacs']:.4f}",
+                      f"{100 * r['gmacs'] / base['gmacs']:.0f}%",
+                      "–" if r["exit_share"] is None else f"{100 * r['exit_share']:.1f}%", *speed])
+    at = s["at_eta"]
+    lines.append([f"**SAC-ViT, calibrated η**", f"{eta:.3g}", f"**{_ci(at)}**", f"{at['gmacs']:.4f}",
+                  f"{100 * at['gmacs'] / base['gmacs']:.0f}%", f"{100 * at['exit_share']:.1f}%",
+                  *_speed(bench_row(s, "sacvit", eta))])
+    parts.append("## Headline (test split)\n")
+    parts.append(_table(["model", "η", "top-1 % [95% CI]", "GMACs/img", "vs baseline", "exit @ EE",
+                         "img/s (batch 64)", "speedup"], lines))
+    parts.append(f"\nSAC-ViT at η = {eta:.3g} minus the baseline, paired over the {n_test} test images: "
+                 f"{_diff(s['sacvit_vs_baseline'])}. SAC only minus the baseline: {_diff(s['sac_only_vs_baseline'])}.\n")
+    parts.append("\n## Targets\n")
+    parts.append(_table(["target", "measured", "met"],
+                        [[k, f"{v:.2f}", "yes" if ok else "**no**"] for k, (v, ok) in targets(s).items()]))
+    parts.append("\n## Per-stage analysis (Figure 4)\n")
+    parts.append(_table(["η", "exit @ EE", "top-1 % [95% CI]", "top-1 of exited", "top-1 of SAC images", "GMACs/img"],
+                        [[f"{r['threshold']:.3g}", f"{100 * r['exit_share']:.1f}%", _ci(r),
+                          "–" if r["top1_exited"] is None else f"{r['top1_exited']:.2f}",
+                          "–" if r["top1_sac"] is None else f"{r['top1_sac']:.2f}", f"{r['gmacs']:.4f}"]
+                         for r in sorted({r["threshold"]: r for r in t.values()
+                                          if r["mode"] in ("sacvit", "ee_only", "sac_only")}.values(),
+                                         key=lambda r: r["threshold"])]))
+    w = s["window_policies"]
+    parts.append("\n## Where to look: the GCA window against fixed and random windows (same weights, SAC only)\n")
+    parts.append(_table(["window", "top-1 % [95% CI]"], [[k, _ci(v)] for k, v in w.items()]))
+    parts.append(f"\nGCA − centre: {_diff(s['target_b_gca_vs_center'])}; GCA − random: {_diff(s['target_b_gca_vs_random'])}.\n")
+    if s.get("peers"):
+        parts.append("\n## Token-reduction peers on the baseline's weights\n")
+        lines = []
+        for r in s["peers"]:
+            speed = _speed(bench_row(s, r["method"], setting=r["setting"]))
+            lines.append([r["method"], r["setting"], _ci(r), f"{r['gmacs']:.4f}", *speed,
+                          _short(r["paired_vs_baseline"])])
+        parts.append(_table(["method", "setting", "top-1 % [95% CI]", "GMACs/img", "img/s", "speedup", "vs baseline (pt, 95% CI)"],
+                            lines))
+    if s.get("ablations"):
+        parts.append("\n## Ablations (Figure 3): each design removed in turn, own η calibrated on held-out data\n")
+        parts.append(_table(["variant", "η", "top-1 % [95% CI]", "GMACs/img", "exit @ EE", "SAC only", "EE only",
+                             "vs baseline (pt, 95% CI)"],
+                            [[r["label"], f"{r['threshold']:.3g}" + ("" if r["criterion_met"] else " (criterion not met)"),
+                              _ci(r), f"{r['gmacs']:.4f}", f"{100 * r['exit_share']:.1f}%", f"{r['top1_sac_only']:.2f}",
+                              f"{r['top1_ee_only']:.2f}", _short(r["vs_baseline"])]
+                             for r in s["ablations"]]))
+    parts.append("\n## Calibration (held-out split)\n")
+    parts.append(f"Baseline held-out top-1 {cal['baseline_holdout_top1']:.2f}%; chosen η = {eta:.4g} reaches "
+                 f"{cal['top1']:.2f}% at {cal['gmacs']:.4f} GMACs/img with {100 * cal['exit_share']:.1f}% exiting "
+                 f"({cal['criterion']}).\n")
+    parts.append("\n## Validation curves (held-out split)\n")
+    parts.append(_table(["run", "points (training images seen → top-1 %)"],
+                        [[k, ", ".join(f"{x / 1000:.0f}k → {y:.2f}" for x, y in v)] for k, v in s["curves"].items()]))
+    return "\n".join(parts)
+
+
+def verdict(s: dict[str, Any]) -> str:
+    """One paragraph for the terminal."""
+    at, base, d = s["at_eta"], s["test"]["baseline"], s["sacvit_vs_baseline"]
+    lines = [f"\nSAC-ViT at η = {s['calibration']['threshold']:.3g} (chosen on held-out data): top-1 {at['top1']:.2f}% vs "
+             f"baseline {base['top1']:.2f}% ({d['diff']:+.2f} pt, 95% CI [{d['diff_low']:+.2f}, {d['diff_high']:+.2f}], "
+             f"McNemar p = {d['p_value']:.3g}) at {100 * at['gmacs'] / base['gmacs']:.0f}% of the baseline's GMACs, "
+             f"{100 * at['exit_share']:.0f}% exiting at EE ({base['images']} test images)."]
+    for name, (value, ok) in targets(s).items():
+        lines.append(f"  {'met    ' if ok else 'NOT met'}  {name}: {value:.2f}")
+    return "\n".join(lines)

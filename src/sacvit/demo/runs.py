@@ -1,0 +1,63 @@
+"""The compared trainings of the demo, each a fine-tuning of the same stand-in with the same recipe.
+
+Every run lives in its own folder under the demo's output and resumes where it stopped; a
+finished run is reused. The compared models:
+
+* ``baseline`` — the plain ViT at the full resolution (112 px, 14×14 tokens): the DeiT of the demo;
+* ``sacvit`` — SAC-ViT (EE at 56 px, SAC on the target window at 112 px);
+* ``ee_res`` — the plain ViT at the EE resolution (56 px, 7×7 tokens): what the early exit alone
+  can reach when it is a model of its own;
+* one SAC-ViT per ablation (``sacvit demo --ablations``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import DemoConfig
+
+__all__ = ["SAC_MODEL", "PLAIN_MODEL", "fine_tune", "curve"]
+
+SAC_MODEL, PLAIN_MODEL = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
+
+
+def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dict[str, Any] | None = None,
+              img_size: int | None = None) -> Path:
+    """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint."""
+    from ..engine.checkpoint import read_metadata
+    from ..engine.train import CHECKPOINT, TrainConfig, train
+
+    budget = cfg.budget()
+    out = Path(cfg.out) / name
+    ckpt = out / CHECKPOINT
+    resume = ckpt.is_file()
+    if resume and read_metadata(ckpt)["epoch"] >= budget.epochs:
+        print(f"reusing {ckpt} ({budget.epochs} epochs; delete the folder to retrain)", flush=True)
+        return ckpt
+    recipe = asdict(cfg.recipe)
+    select_after = recipe.pop("select_after")
+    kwargs = dict(cfg.model_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    is_sac = model.startswith("sacvit_")
+    print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)
+    return train(TrainConfig(
+        model=model, model_kwargs=kwargs, data="cluttered-fmnist", data_dir=cfg.data_dir,
+        train_length=budget.train_length, epochs=budget.epochs, init=str(standin), seed=cfg.seed,
+        out_dir=str(out), resume=resume, eval_every=1, threads=cfg.threads, cache_dir=str(Path(cfg.out) / "cache"),
+        sac={**cfg.sac, **(sac or {})} if is_sac else {}, select_after=select_after if is_sac else None,
+        **recipe))
+
+
+def curve(run_dir: Path, key: str) -> list[tuple[float, float]]:
+    """``(training images seen, held-out top-1)`` per validated epoch of a run."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    batch = json.loads((Path(run_dir) / "config.json").read_text())["batch_size"]
+    return [(r["steps"] * batch, r[key]) for r in rows if key in r]

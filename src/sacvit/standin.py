@@ -1,0 +1,124 @@
+"""The demo's stand-in for DeiT: a plain ViT trained at full resolution until it stops improving.
+
+The paper fine-tunes SAC-ViT from a DeiT that was trained at the full resolution; the demo does
+the same from this stand-in, shipped inside the package (``assets/standin.safetensors``) with a
+JSON record (``assets/standin.json``) of its recipe, the command that made it, its held-out
+validation curve, its wall-clock and its SHA-256, which is verified before every use.
+``sacvit standin`` re-creates it (about two hours on 2 CPU cores); nothing is pretrained at the
+early-exit resolution, and the baseline and SAC-ViT both start from exactly these weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StandinRecipe", "ASSET", "RECORD", "standin_path", "sha256", "make_standin"]
+
+ASSET = Path(__file__).parent / "assets" / "standin.safetensors"
+RECORD = ASSET.with_suffix(".json")
+
+
+@dataclass
+class StandinRecipe:
+    """How the stand-in is trained: the plain demo ViT at 112 px on the train split, from scratch."""
+
+    model: str = "deit_demo_patch8_112"
+    data: str = "cluttered-fmnist"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_path: float = 0.0
+    clip_grad: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.9998
+    seed: int = 0
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def standin_path(path: str | Path | None = None) -> Path:
+    """The stand-in checkpoint, its SHA-256 checked against its record.
+
+    Args:
+        path: another stand-in (its record is ``PATH`` with ``.json``); default: the packaged one.
+
+    Raises:
+        FileNotFoundError: no stand-in there (says how to make one).
+        ValueError: the file does not match the SHA-256 of its record.
+    """
+    weights = Path(path) if path is not None else ASSET
+    record = weights.with_suffix(".json")
+    if not weights.is_file() or not record.is_file():
+        raise FileNotFoundError(f"no stand-in checkpoint at {weights} (with {record.name}); make one with "
+                                f"`sacvit standin --out runs/standin` and pass --standin runs/standin/standin.safetensors")
+    expected = json.loads(record.read_text()).get("sha256")
+    actual = sha256(weights)
+    if actual != expected:
+        raise ValueError(f"{weights}: SHA-256 {actual[:16]}… does not match its record {record.name} "
+                         f"({str(expected)[:16]}…); the file is damaged or was replaced")
+    return weights
+
+
+def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_dir: str | None = None,
+                 install: bool = False, **overrides: Any) -> Path:
+    """Train the stand-in (resumable) and write ``standin.safetensors`` + ``standin.json`` to ``out_dir``.
+
+    Args:
+        out_dir: training folder; the run lives in ``out_dir/train``.
+        recipe: the recipe (default :class:`StandinRecipe`).
+        data_dir: Fashion-MNIST folder (default: the system copy).
+        install: also copy both files into the package's ``assets/`` (what ships with sacvit).
+        **overrides: more :class:`~sacvit.engine.train.TrainConfig` fields (tests use tiny models).
+
+    Returns:
+        The written ``standin.safetensors``.
+    """
+    from .engine.checkpoint import read_metadata
+    from .engine.train import CHECKPOINT, TrainConfig, train
+
+    recipe = recipe or StandinRecipe()
+    out = Path(out_dir)
+    run = out / "train"
+    t0 = time.time()
+    resume = (run / CHECKPOINT).is_file()
+    fields = {**asdict(recipe), "data_dir": data_dir, "out_dir": str(run), "resume": resume,
+              "cache_dir": str(out / "cache"), **overrides}
+    ckpt = run / CHECKPOINT
+    if not (resume and read_metadata(ckpt)["epoch"] >= recipe.epochs):
+        ckpt = train(TrainConfig(**fields))
+    weights = out / "standin.safetensors"
+    shutil.copyfile(ckpt, weights)
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    record = {
+        "what": "plain ViT trained at the full resolution: the demo's stand-in for DeiT",
+        "model": recipe.model, "recipe": asdict(recipe), "overrides": {k: v for k, v in overrides.items()},
+        "command": f"sacvit standin --out {out}" + (" --install" if install else ""),
+        "curve": [{"epoch": r["epoch"], "images": r["steps"] * recipe.batch_size,
+                   **{k: v for k, v in r.items() if k.startswith("val_")}} for r in curve],
+        "seconds_this_call": time.time() - t0,
+        "train_seconds": sum(r.get("seconds", 0.0) for r in curve),
+        "sha256": sha256(weights),
+    }
+    weights.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    if install:
+        ASSET.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, ASSET)
+        shutil.copyfile(weights.with_suffix(".json"), RECORD)
+    return weights

@@ -1,0 +1,84 @@
+"""``sacvit demo`` end to end on a tiny config (seconds), and the protocol's guarantees."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sacvit.demo import DemoConfig, Recipe, run_demo
+from sacvit.standin import StandinRecipe, make_standin, sha256, standin_path
+
+from conftest import write_fake_fmnist
+
+TINY = {"embed_dim": 16, "depth": 2, "num_heads": 2}
+BUDGET = {"train_length": None, "epochs": 1, "holdout": None, "test": None, "bench_repeats": 1}
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    data = write_fake_fmnist(root / "fmnist")
+    path = make_standin(root / "standin", StandinRecipe(epochs=2, batch_size=16), data_dir=str(data),
+                        model_kwargs=TINY, threads=1)
+    return root, data, path
+
+
+def _demo(out, data, standin, **kw):
+    cfg = DemoConfig(out=str(out), data_dir=str(data), standin=str(standin), model_kwargs=TINY, threads=1,
+                     recipe=Recipe(batch_size=16), overrides=BUDGET, tome_r=(2,), evit_keep=(0.5,), **kw)
+    return run_demo(cfg)
+
+
+def test_standin_records_its_recipe_curve_and_hash(standin):
+    _, _, path = standin
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["sha256"] == sha256(path) and standin_path(path) == path
+    assert [r["epoch"] for r in record["curve"]] == [1, 2] and "val_top1" in record["curve"][-1]
+    assert record["recipe"]["model"] == "deit_demo_patch8_112" and "sacvit standin" in record["command"]
+    damaged = path.with_name("damaged.safetensors")
+    damaged.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    damaged.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+    with pytest.raises(ValueError, match="does not match"):
+        standin_path(damaged)
+    with pytest.raises(FileNotFoundError, match="sacvit standin"):
+        standin_path(path.with_name("nope.safetensors"))
+
+
+def test_demo_end_to_end(standin):
+    root, data, path = standin
+    keys = ("no_exit", "no_clustering", "full_attention", "window_3")
+    s = _demo(root / "run", data, path, ablations=True, ablation_keys=keys)
+    out = root / "run"
+    for name in ("report.md", "summary.json", "results.csv", "accuracy_vs_gmacs.png", "per_stage.png",
+                 "curves.png", "clusters.png", "accuracy_vs_throughput.png", "ablations.png", "bench/bench.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert s["images"] == {"holdout": 26, "test": 60, "test-56px": 60}
+    assert s["calibration"]["split"] == "holdout" and s["calibration"]["images"] == 26
+    # every compared model started from the stand-in and got the same budget
+    for run in ("baseline", "sacvit", "ee_res"):
+        cfg = json.loads((out / run / "config.json").read_text())
+        assert cfg["init"] == str(path) and cfg["epochs"] == 1 and cfg["lr"] == Recipe().lr
+    at = s["at_eta"]
+    assert at["top1_low"] <= at["top1"] <= at["top1_high"] and at["images"] == 60
+    assert [r["key"] for r in s["ablations"]] == ["full", *keys]
+    no_exit, no_clustering = s["ablations"][1], s["ablations"][2]
+    assert no_exit["exit_share"] == 0 and no_exit["gmacs"] == pytest.approx(s["test"]["sac_only"]["gmacs"])
+    assert no_clustering["gmacs_sac_only"] > s["test"]["sac_only"]["gmacs"]  # the whole image at full res
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "Figure 4" in report and "McNemar" in report
+    # a rerun reuses every training and every cached evaluation
+    mtimes = {p: p.stat().st_mtime for p in (out / "records").iterdir()}
+    again = _demo(root / "run", data, path, ablations=True, ablation_keys=keys)
+    assert again["at_eta"] == s["at_eta"]
+    assert {p: p.stat().st_mtime for p in (out / "records").iterdir()} == mtimes
+
+
+def test_calibration_never_reads_the_test_split(standin, tmp_path):
+    """The same trainings with a poisoned test split (labels shuffled): η is the same."""
+    root, data, path = standin
+    clean = _demo(tmp_path / "clean", data, path, bench=False)
+    rng = np.random.default_rng(1)
+    poisoned = write_fake_fmnist(tmp_path / "poisoned", test_labels=rng.integers(0, 10, 60))
+    dirty = _demo(tmp_path / "dirty", poisoned, path, bench=False)
+    assert dirty["calibration"] == clean["calibration"]
+    assert dirty["test"]["baseline"]["top1"] != clean["test"]["baseline"]["top1"]  # the poison is real
