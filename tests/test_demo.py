@@ -18,7 +18,7 @@ BUDGET = {"train_length": None, "epochs": 1, "holdout": None, "test": None, "ben
 def standin(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     data = write_fake_fmnist(root / "fmnist")
-    path = make_standin(root / "standin", StandinRecipe(epochs=2, batch_size=16), data_dir=str(data),
+    path = make_standin(root / "standin", StandinRecipe(epochs=2, optim=Recipe(batch_size=16)), data_dir=str(data),
                         model_kwargs=TINY, threads=1)
     return root, data, path
 

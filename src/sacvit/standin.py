@@ -14,9 +14,11 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .demo.config import Recipe
 
 __all__ = ["StandinRecipe", "ASSET", "RECORD", "standin_path", "sha256", "make_standin"]
 
@@ -26,22 +28,21 @@ RECORD = ASSET.with_suffix(".json")
 
 @dataclass
 class StandinRecipe:
-    """How the stand-in is trained: the plain demo ViT at 112 px on the train split, from scratch."""
+    """How the stand-in is trained: the plain demo ViT at 112 px on the train split, from scratch,
+    with the demo's :class:`~sacvit.demo.config.Recipe` at the from-scratch learning rate (twice the
+    fine-tuning one) and a one-epoch warm-up."""
 
     model: str = "deit_demo_patch8_112"
     data: str = "cluttered-fmnist"
     epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    drop_path: float = 0.0
-    clip_grad: float = 1.0
-    ema: bool = True
-    ema_decay: float = 0.9998
     seed: int = 0
+    optim: Recipe = field(default_factory=lambda: Recipe(lr=1e-3, warmup_epochs=1.0))
+
+    def train_fields(self) -> dict[str, Any]:
+        """The :class:`~sacvit.engine.train.TrainConfig` fields of the recipe."""
+        optim = asdict(self.optim)
+        optim.pop("select_after")  # SAC-ViT's selection warm-up: no meaning for a plain ViT
+        return {"model": self.model, "data": self.data, "epochs": self.epochs, "seed": self.seed, **optim}
 
 
 def sha256(path: str | Path) -> str:
@@ -98,7 +99,7 @@ def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_
     run = out / "train"
     t0 = time.time()
     resume = (run / CHECKPOINT).is_file()
-    fields = {**asdict(recipe), "data_dir": data_dir, "out_dir": str(run), "resume": resume,
+    fields = {**recipe.train_fields(), "data_dir": data_dir, "out_dir": str(run), "resume": resume,
               "cache_dir": str(out / "cache"), **overrides}
     ckpt = run / CHECKPOINT
     if not (resume and read_metadata(ckpt)["epoch"] >= recipe.epochs):
@@ -110,7 +111,7 @@ def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_
         "what": "plain ViT trained at the full resolution: the demo's stand-in for DeiT",
         "model": recipe.model, "recipe": asdict(recipe), "overrides": {k: v for k, v in overrides.items()},
         "command": f"sacvit standin --out {out}" + (" --install" if install else ""),
-        "curve": [{"epoch": r["epoch"], "images": r["steps"] * recipe.batch_size,
+        "curve": [{"epoch": r["epoch"], "images": r["steps"] * recipe.optim.batch_size,
                    **{k: v for k, v in r.items() if k.startswith("val_")}} for r in curve],
         "seconds_this_call": time.time() - t0,
         "train_seconds": sum(r.get("seconds", 0.0) for r in curve),

@@ -33,27 +33,36 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
 
 def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin: Path, baseline_holdout: float,
                   main_test, main_eta: float) -> list[dict[str, Any]]:
-    """Train (or reuse) every variant and return one row per variant, the full method first."""
+    """Train (or reuse) every variant and return one row per variant, the full method first.
+
+    Each row holds the test numbers at the variant's own η and, in ``holdout_*``, what that η
+    reached on the held-out split (where a window side may be chosen, never on the test split).
+    """
+    from ..config import SACConfig
+
     base_t = ev.plain(ckpt["baseline"], "test")
-    main_window = {**cfg.sac}.get("window", 5)
-    rows = [_row("SAC-ViT (every design)", "full", main_test, main_eta, True, base_t, cfg.seed)]
+    main_window = {**cfg.sac}.get("window", SACConfig().window)
+    main_holdout = ev.stages(ckpt["sacvit"], "holdout")
+    rows = [_row("SAC-ViT (every design)", "full", main_test, main_holdout, main_eta, True, base_t, cfg.seed)]
     for key, label, change in ABLATIONS:
         if cfg.ablation_keys is not None and key not in cfg.ablation_keys:
             continue
         if change is None:
-            rows.append(_row(label, key, main_test, SAC_ONLY, True, base_t, cfg.seed))
+            rows.append(_row(label, key, main_test, main_holdout, SAC_ONLY, True, base_t, cfg.seed))
             continue
         if change.get("window") == main_window and set(change) == {"window"}:
             continue  # the full method itself
         path = fine_tune(cfg, f"ablation_{key}", SAC_MODEL, standin, sac=change)
-        choice, met = calibrate(ev.stages(path, "holdout"), baseline_holdout, cfg.tolerance)
-        rows.append(_row(label, key, ev.stages(path, "test"), choice.threshold, met, base_t, cfg.seed))
+        holdout = ev.stages(path, "holdout")
+        choice, met = calibrate(holdout, baseline_holdout, cfg.tolerance)
+        rows.append(_row(label, key, ev.stages(path, "test"), holdout, choice.threshold, met, base_t, cfg.seed))
     return rows
 
 
-def _row(label: str, key: str, records, eta: float, met: bool, base_t, seed: int) -> dict[str, Any]:
+def _row(label: str, key: str, records, holdout, eta: float, met: bool, base_t, seed: int) -> dict[str, Any]:
     row = records.row(eta, label=label)
-    sac_only, ee_only = records.row(SAC_ONLY), records.row(0.0)
+    sac_only, ee_only, held = records.row(SAC_ONLY), records.row(0.0), holdout.row(eta)
     return {**row, "key": key, "criterion_met": met, "top1_sac_only": sac_only["top1"],
             "gmacs_sac_only": sac_only["gmacs"], "top1_ee_only": ee_only["top1"],
+            "holdout_top1": held["top1"], "holdout_gmacs": held["gmacs"],
             "vs_baseline": paired(base_t, sac_correct(records, eta), seed)}

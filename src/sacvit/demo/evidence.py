@@ -17,7 +17,6 @@ import torch
 from ..engine.calibrate import Choice, choose_threshold
 from ..engine.evaluate import SAC_ONLY, StageRecords, collect, plain_correct
 from ..stats import compare, wilson_interval
-from ..standin import sha256
 
 __all__ = ["Evidence", "calibrate", "plain_row"]
 
@@ -31,6 +30,8 @@ class Evidence:
         self.datasets, self.seed = datasets, seed
 
     def _key(self, ckpt: Path, split: str, tag: str) -> Path:
+        from ..standin import sha256
+
         return self.dir / f"{sha256(ckpt)[:16]}_{split}_{len(self.datasets[split])}_{tag}.npz"
 
     def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
