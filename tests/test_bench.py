@@ -25,17 +25,20 @@ TINY_CLI = ["--model", "sacvit_demo_patch8_112", "--depth", "2", "--embed-dim", 
             "--batch", "4", "--repeats", "2", "--warmup", "1", "--latency-repeats", "2", "--threads", "1"]
 
 
+def tiny_bench(*argv: str) -> int:
+    """``sacvit bench`` on the tiny config, leaving torch's thread count as it was."""
+    threads = torch.get_num_threads()
+    try:
+        return bench_main([*TINY_CLI, *argv])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One end-to-end bench run on a tiny config, shared by the tests that read its outputs."""
     out = tmp_path_factory.mktemp("bench")
-    threads = torch.get_num_threads()
-    try:
-        rc = bench_main([*TINY_CLI, "--exit-share", "0.5,1", "--tome-r", "4,8", "--evit-keep", "0.7",
-                         "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
-    assert rc == 0
+    assert tiny_bench("--exit-share", "0.5,1", "--tome-r", "4,8", "--evit-keep", "0.7", "--out", str(out)) == 0
     return out
 
 
@@ -283,3 +286,17 @@ def test_crop_gathers_the_selected_patches_from_any_layout():
         pred_cl = model.predict(x.to(memory_format=torch.channels_last), 2.0)
     assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(strided, expected, atol=1e-6)
     assert torch.allclose(pred.logits, pred_cl.logits, atol=1e-5)
+
+
+def test_ort_rows_have_the_eager_columns_and_their_own_baseline(tmp_path):
+    assert tiny_bench("--methods", "deit,sacvit", "--exit-share", "0.5", "--runtime", "torch,ort",
+                      "--out", str(tmp_path)) == 0
+    rows = _csv(tmp_path)
+    assert [(r["method"], r["runtime"]) for r in rows] == [("deit", "eager"), ("sacvit", "eager"), ("deit", "ort"),
+                                                           ("sacvit", "ort")]
+    eager, ort = rows[:2], rows[2:]
+    assert float(ort[0]["speedup"]) == 1.0  # ratios against the DeiT row of the same runtime
+    assert float(ort[1]["speedup"]) == pytest.approx(float(ort[1]["img_s"]) / float(ort[0]["img_s"]))
+    for a, b in zip(eager, ort):  # same images, same exits, same GMACs
+        assert a["gmacs"] == b["gmacs"] and a["exit_share"] == b["exit_share"] and float(b["lat_ms"]) > 0
+    assert (tmp_path / "onnx" / "deit.onnx").is_file() and (tmp_path / "onnx" / "sacvit" / "sac.onnx").is_file()

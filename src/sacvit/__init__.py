@@ -5,9 +5,15 @@ Importing the package registers the ``sacvit_*`` variants with timm::
     import sacvit, timm
     model = timm.create_model("sacvit_deit_small_patch16_224", checkpoint="deit_small.pth")
     pred = model.eval().predict(images, threshold=0.76)
+
+A trained checkpoint rebuilds itself, with its class names, calibrated η and preprocessing::
+
+    model = sacvit.from_pretrained("runs/demo/sacvit/last.safetensors")
 """
 
 from .config import SACConfig
+from .deploy.pretrained import from_pretrained
+from .engine.calibrate import calibrate
 from .engine.loss import sac_loss
 from .model import Prediction, SACViT, load_backbone_weights
 
@@ -23,4 +29,5 @@ def create_model(name: str, checkpoint: str | None = None, **kwargs):
     return timm.create_model(name, **kwargs)
 
 
-__all__ = ["SACConfig", "SACViT", "Prediction", "load_backbone_weights", "create_model", "sac_loss", "__version__"]
+__all__ = ["SACConfig", "SACViT", "Prediction", "load_backbone_weights", "create_model", "from_pretrained",
+           "calibrate", "sac_loss", "__version__"]

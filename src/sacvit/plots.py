@@ -186,12 +186,13 @@ def bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     markers = {"deit": "*", "deit-ee": "P", "sacvit": "o", "tome": "s", "evit": "^"}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        rs = sorted((r for r in rows if r["method"] == method and r["gmacs"]), key=lambda r: r["gmacs"])
+    for method, runtime in dict.fromkeys((r["method"], r.get("runtime", "eager")) for r in rows):
+        rs = sorted((r for r in rows if r["method"] == method and r.get("runtime", "eager") == runtime and r["gmacs"]),
+                    key=lambda r: r["gmacs"])
         if not rs:
             continue
-        kw = dict(marker=markers.get(method.split("-ort")[0], "o"), label=method,
-                  markersize=9 if method == "deit" else 6)
+        kw = dict(marker=markers.get(method, "o"), label=method if runtime == "eager" else f"{method} ({runtime})",
+                  markersize=9 if method == "deit" else 6, fillstyle="full" if runtime == "eager" else "none")
         ax1.plot([r["gmacs"] for r in rs], [r["img_s"] for r in rs], **kw)
         ax2.plot([r["flops_ratio"] for r in rs], [r["speedup"] for r in rs], linestyle="", **kw)
         for r in rs:

@@ -1,12 +1,18 @@
 """Figure-5 style overlays: where SAC-ViT spends its full-resolution compute.
 
-For each image, the target window chosen by semantic-aware clustering is drawn as a box and the
+* :func:`figure5` — per image the input, the EE global class attention as a heat map and the
+  target window with the non-target tokens shaded, captioned with the EE and final predictions
+  (``sacvit visualize``; :class:`Panel` holds what one row shows);
+* :func:`plot_clusters` — a compact grid of windows over a batch (the demo's figure).
+
+In :func:`plot_clusters`, for each image, the target window chosen by semantic-aware clustering is drawn as a box and the
 non-target region is shaded; the title gives the EE confidence, the stage the image ended in and
 the predicted / true class. Images that left at the early exit are marked ``exit @ EE``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["plot_clusters"]
+__all__ = ["DPI", "Panel", "figure5", "figure5_size", "plot_clusters"]
 
 
 def _to_display(raw: Tensor | np.ndarray) -> np.ndarray:
@@ -103,5 +109,95 @@ def plot_clusters(
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@dataclass
+class Panel:
+    """What a Figure-5 row shows for one image.
+
+    Attributes:
+        image: ``(H, W)`` gray or ``(H, W, 3)`` display image in [0, 1] (the model's input view).
+        gca: ``(h, w)`` global class attention of the EE tokens.
+        target: ``(h, w)`` bool, the EE tokens of the target cluster.
+        box: ``(x0, y0, x1, y1)`` target window in pixels of ``image``.
+        ee: ``(class name, probability)`` of the EE stage.
+        final: ``(class name, probability)`` of the stage the image ended in.
+        exited: the image left at the early exit (the window was chosen but not used).
+        title: a caption (e.g. the file name).
+    """
+
+    image: np.ndarray
+    gca: np.ndarray
+    target: np.ndarray
+    box: tuple[int, int, int, int]
+    ee: tuple[str, float]
+    final: tuple[str, float]
+    exited: bool
+    title: str = ""
+
+
+#: Size of one panel in inches and the resolution of :func:`figure5` (a row is 3 panels + a caption).
+PANEL_IN, CAPTION_IN, DPI = 2.2, 0.62, 100
+
+
+def figure5_size(n: int, per_row: int = 1) -> tuple[int, int]:
+    """Pixel ``(width, height)`` of :func:`figure5` for ``n`` images, ``per_row`` images per row."""
+    cols, rows = min(per_row, n), -(-n // per_row)
+    return round(3 * PANEL_IN * cols * DPI), round((PANEL_IN + CAPTION_IN) * rows * DPI)
+
+
+def figure5(panels: Sequence[Panel], out_png: str | Path, per_row: int = 1, suptitle: str | None = None) -> Path:
+    """Figure-5 style rows: the input, the EE global class attention as a heat map, and the target
+    window (box) with the non-target tokens shaded, captioned with the EE and final predictions.
+
+    The PNG is exactly :func:`figure5_size` pixels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = len(panels)
+    if n == 0:
+        raise ValueError("nothing to draw")
+    w, h = figure5_size(n, per_row)
+    cols, rows = min(per_row, n), -(-n // per_row)
+    fig = plt.figure(figsize=(w / DPI, h / DPI), dpi=DPI)
+    row_h = 1.0 / rows
+    for k, p in enumerate(panels):
+        r, c = divmod(k, per_row)
+        H, W = p.image.shape[:2]
+        cmap = "gray" if p.image.ndim == 2 else None
+        x0 = c / cols
+        top = 1.0 - r * row_h
+        panel_h = row_h * PANEL_IN / (PANEL_IN + CAPTION_IN)
+        axes = [fig.add_axes((x0 + (j / 3 + 0.01) / cols, top - row_h + 0.02 * row_h, 0.98 / 3 / cols, panel_h * 0.96))
+                for j in range(3)]
+        for ax in axes:
+            ax.imshow(p.image, cmap=cmap, vmin=0, vmax=1, extent=(0, W, H, 0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[1].imshow(p.gca, cmap="inferno", alpha=0.6, extent=(0, W, H, 0), interpolation="bilinear")
+        gh, gw = p.target.shape
+        shade = np.zeros((gh, gw, 4), dtype=np.float32)
+        shade[~p.target] = (0.05, 0.05, 0.3, 0.6)
+        axes[2].imshow(shade, extent=(0, W, H, 0), interpolation="nearest")
+        bx0, by0, bx1, by1 = p.box
+        axes[2].add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="orange",
+                                    linewidth=2, linestyle="--" if p.exited else "-"))
+        axes[0].set_title("input", fontsize=8)
+        axes[1].set_title("EE class attention", fontsize=8)
+        axes[2].set_title("window (not used: exit)" if p.exited else "target window", fontsize=8)
+        where = "exit @ EE" if p.exited else "SAC"
+        caption = (f"{p.title}\nEE: {p.ee[0]} {p.ee[1]:.2f}   final ({where}): {p.final[0]} {p.final[1]:.2f}")
+        fig.text(x0 + 0.5 / cols, top - 0.02 * row_h, caption, ha="center", va="top", fontsize=8)
+    if suptitle:
+        fig.text(0.995, 0.002, suptitle, ha="right", va="bottom", fontsize=6, color="0.4")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return out

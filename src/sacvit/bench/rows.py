@@ -27,13 +27,13 @@ __all__ = ["COLUMNS", "TABLE", "Row", "measure", "score", "finish"]
 
 #: CSV columns, in order.
 COLUMNS = (
-    "method", "setting", "model", "batch", "img_s", "img_s_min", "img_s_max", "lat_ms", "lat_p90_ms",
+    "method", "setting", "runtime", "model", "batch", "img_s", "img_s_min", "img_s_max", "lat_ms", "lat_p90_ms",
     "lat_mean_ms", "gmacs", "speedup", "flops_ratio", "realisation", "lat_speedup", "exit_share", "threshold",
     "top1", "n_eval",
 )
 
 #: The table ``sacvit bench`` prints.
-TABLE = (Column("method", "method"), Column("setting", "setting"), Column("img/s", "img_s", "{:.1f}"),
+TABLE = (Column("method", "method"), Column("setting", "setting"), Column("runtime", "runtime"), Column("img/s", "img_s", "{:.1f}"),
          Column("lat ms", "lat_ms", "{:.2f}"), Column("p90 ms", "lat_p90_ms", "{:.2f}"),
          Column("mean ms", "lat_mean_ms", "{:.2f}"), Column("GMACs", "gmacs", "{:.3f}"),
          Column("speedup", "speedup", "{:.2f}x"), Column("FLOPs ratio", "flops_ratio", "{:.2f}x"),
@@ -56,6 +56,7 @@ class Row:
     latencies: list[float] = field(default_factory=list)
     top1: float | None = None
     n_eval: int | None = None
+    runtime: str = "eager"
 
 
 def _logits(out: Any) -> Tensor:
@@ -137,12 +138,12 @@ def score(rows: list[Row], dataset, batch: int, device: torch.device, amp: torch
 
 
 def finish(rows: list[Row], batch: int) -> list[dict[str, Any]]:
-    """Rows as plain dicts with every derived column (ratios against the first row)."""
+    """Rows as plain dicts with every derived column (ratios against the first row of the same runtime)."""
     out = []
     for row in rows:
         med = statistics.median(row.times) if row.times else float("nan")
         d: dict[str, Any] = {
-            "method": row.method, "setting": row.setting, "model": row.model, "batch": batch,
+            "method": row.method, "setting": row.setting, "runtime": row.runtime, "model": row.model, "batch": batch,
             "img_s": batch / med if med > 0 else float("nan"),
             "img_s_min": batch / max(row.times) if row.times else float("nan"),
             "img_s_max": batch / min(row.times) if row.times else float("nan"),
@@ -153,8 +154,8 @@ def finish(rows: list[Row], batch: int) -> list[dict[str, Any]]:
             "top1": row.top1, "n_eval": row.n_eval,
         }
         out.append(d)
-    b = out[0]
     for d in out:
+        b = next(r for r in out if r["runtime"] == d["runtime"])  # the DeiT row of the same runtime
         d["speedup"] = d["img_s"] / b["img_s"]
         d["flops_ratio"] = b["gmacs"] / d["gmacs"] if d["gmacs"] else None
         d["realisation"] = d["speedup"] / d["flops_ratio"] if d["flops_ratio"] else None

@@ -11,6 +11,12 @@ One run measures, on the same backbone weights and the same images:
   alike);
 * ``tome`` / ``evit`` — the training-free token-reduction peers of :mod:`sacvit.peers`.
 
+Runtimes: ``torch`` (eager, or with ``compile`` every model through ``torch.compile`` — SAC-ViT's
+two stages with ``fullgraph=True``, :class:`~sacvit.model.stages.CompiledSACViT`) and ``ort``:
+DeiT exported plainly to ONNX and SAC-ViT's two graphs (:mod:`sacvit.deploy.export`) on
+onnxruntime with the same thread count, exit decision on the host (:mod:`sacvit.runtime`). The
+ratios of a row are against the DeiT row of its own runtime.
+
 For every row: throughput (img/s at ``batch``), batch-1 latency (median, p90 and mean over the
 bench images one at a time), mean GMACs per image (closed form; for SAC-ViT the mean of
 ``Prediction.gmacs``), the speedup over the baseline, the FLOPs ratio (baseline GMACs / row
@@ -35,12 +41,14 @@ from ..report import format_table, write_csv, write_json
 from .environment import amp_context, environment, loadavg, resolve_device
 from .profile import PartsProfile, profile_ops, profile_parts
 from .rows import COLUMNS, TABLE, Row, finish, measure, score
+from ..model.stages import CompiledSACViT
 from .twins import downsample, ee_pixels, exit_threshold, plain_name, plain_twin
 
-__all__ = ["BenchConfig", "METHODS", "DEFAULT_EXIT_SHARES", "run"]
+__all__ = ["BenchConfig", "METHODS", "RUNTIMES", "DEFAULT_EXIT_SHARES", "run"]
 
 DEFAULT_EXIT_SHARES = (0.9, 0.77, 0.5)
 METHODS = ("deit", "deit-ee", "sacvit", "tome", "evit")
+RUNTIMES = ("torch", "ort")
 
 
 @dataclass
@@ -73,6 +81,7 @@ class BenchConfig:
     device: str = "cpu"
     amp: str = "none"
     compile: bool = False
+    runtimes: list[str] = field(default_factory=lambda: ["torch"])
     profile: bool = False
     seed: int = 0
     out: str = "runs/bench"
@@ -84,6 +93,9 @@ class BenchConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"--methods: unknown {sorted(unknown)}; valid: {', '.join(METHODS)}")
+        bad = set(self.runtimes) - set(RUNTIMES)
+        if bad or not self.runtimes:
+            raise ValueError(f"--runtime: unknown {sorted(bad)}; valid: {', '.join(RUNTIMES)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be ≥ 1")
         if self.amp not in ("none", "bf16", "fp16"):
@@ -172,16 +184,11 @@ def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, b
     rows: list[Row] = []
     plain_full, plain_ee = base, plain_twin(base, ee_px)
     compile_ = (lambda m: torch.compile(m)) if cfg.compile else (lambda m: m)
-    if cfg.compile:
-        model.forward_ee = torch.compile(model.forward_ee)
-        model.sac_blocks = torch.compile(model.sac_blocks, dynamic=True)
+    sac_predict = CompiledSACViT(model).predict if cfg.compile else model.predict
+    kind = "compiled" if cfg.compile else "eager"
     f_full, f_ee = compile_(plain_full), compile_(plain_ee)
-    rows.append(Row("deit", f"full {full_px[0]}px", base_name, f_full, gmacs=flops.vit_gmacs(plain_full)))
-    if "deit-ee" in methods:
-        rows.append(Row("deit-ee", f"EE {ee_px[0]}px (+downsample)", base_name,
-                        lambda t: f_ee(downsample(t, ee_px)), gmacs=flops.vit_gmacs(plain_ee)))
+    settings: list[tuple[float, str]] = []
     if "sacvit" in methods:
-        settings: list[tuple[float, str]] = []
         if cfg.exit_shares:
             with torch.inference_mode(), amp_context(x.device, amp):
                 conf = model.forward_ee(x, need_gca=False).logits.float().softmax(-1).amax(-1)
@@ -190,16 +197,43 @@ def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, b
                 settings.append((thr, f"exit {share:g} (η={thr:.4g})"))
         for thr in cfg.thresholds or ():
             settings.append((thr, f"η={thr:g}"))
-        for thr, label in settings:
-            rows.append(Row("sacvit", label, name, lambda t, thr=thr: model.predict(t, thr), threshold=thr))
+    if "torch" not in cfg.runtimes:
+        return _ort_rows(cfg, model, plain_full, name, base_name, settings)
+    rows.append(Row("deit", f"full {full_px[0]}px", base_name, f_full, gmacs=flops.vit_gmacs(plain_full), runtime=kind))
+    if "deit-ee" in methods:
+        rows.append(Row("deit-ee", f"EE {ee_px[0]}px (+downsample)", base_name,
+                        lambda t: f_ee(downsample(t, ee_px)), gmacs=flops.vit_gmacs(plain_ee), runtime=kind))
+    for thr, label in settings:
+        rows.append(Row("sacvit", label, name, lambda t, thr=thr: sac_predict(t, thr), threshold=thr, runtime=kind))
     if "tome" in methods:
         for r in cfg.tome_r:
             peer = build_peer("tome", plain_full, r=r)
-            rows.append(Row("tome", f"r={r}", base_name, compile_(peer), gmacs=peer.gmacs()))
+            rows.append(Row("tome", f"r={r}", base_name, compile_(peer), gmacs=peer.gmacs(), runtime=kind))
     if "evit" in methods:
         for keep in cfg.evit_keep:
             peer = build_peer("evit", plain_full, keep_rate=keep)
-            rows.append(Row("evit", f"keep={keep:g}", base_name, compile_(peer), gmacs=peer.gmacs()))
+            rows.append(Row("evit", f"keep={keep:g}", base_name, compile_(peer), gmacs=peer.gmacs(), runtime=kind))
+    if "ort" in cfg.runtimes:
+        rows += _ort_rows(cfg, model, plain_full, name, base_name, settings)
+    return rows
+
+
+def _ort_rows(cfg: BenchConfig, model: nn.Module, plain: nn.Module, name: str, base_name: str,
+              settings: list[tuple[float, str]]) -> list[Row]:
+    """DeiT as one ONNX graph and SAC-ViT as its two, on onnxruntime (graphs under ``OUT/onnx``)."""
+    from ..deploy.export import export_onnx, export_plain
+    from ..runtime import OnnxClassifier, OnnxSACViT
+
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("--runtime ort runs onnxruntime's CPU provider: use --device cpu")
+    folder = Path(cfg.out) / "onnx"
+    threads = torch.get_num_threads()
+    deit = OnnxClassifier(export_plain(plain, folder / "deit.onnx"), threads=threads)
+    sac = OnnxSACViT(export_onnx(model, folder / "sacvit").parent, threads=threads)
+    rows = [Row("deit", f"full {plain.patch_embed.img_size[0]}px", base_name, deit, gmacs=flops.vit_gmacs(plain),
+                runtime="ort")]
+    for thr, label in settings:
+        rows.append(Row("sacvit", label, name, lambda t, thr=thr: sac.predict(t, thr), threshold=thr, runtime="ort"))
     return rows
 
 
@@ -229,7 +263,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     warmup = cfg.warmup if cfg.warmup is not None else max(1, math.ceil(cfg.repeats / 3))
     print(f"sacvit bench: {name} on {device} ({env['cpu'] if device.type == 'cpu' else env.get('gpu')}), "
           f"torch {env['torch']}, threads {env['threads']} (torch.get_num_threads), batch {cfg.batch}, "
-          f"amp {cfg.amp}, compile {cfg.compile}")
+          f"amp {cfg.amp}, compile {cfg.compile}, runtime {','.join(cfg.runtimes)}")
     print(f"  {len(rows)} rows; {cfg.repeats} timed + {warmup} warm-up runs each, median; latency: batch 1, "
           f"{cfg.latency_repeats} runs" + (f"; load average {load:.2f}" if load is not None else "")
           + (" — the machine is busy: timings are noisy (fewer --threads and --interleave help; "
@@ -240,7 +274,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         score(rows, dataset, cfg.batch, device, amp)
     results = finish(rows, cfg.batch)
     env["loadavg_1m_end"] = loadavg()
-    print(format_table(results, TABLE, left=2))
+    print(format_table(results, TABLE, left=3))
 
     profile: PartsProfile | None = None
     if cfg.profile:

@@ -20,6 +20,10 @@ COMMANDS = {
     "bench": "sacvit.cli.bench",
     "demo": "sacvit.cli.demo",
     "standin": "sacvit.cli.standin",
+    "predict": "sacvit.cli.predict",
+    "visualize": "sacvit.cli.visualize",
+    "calibrate": "sacvit.cli.calibrate",
+    "export": "sacvit.cli.export",
 }
 
 

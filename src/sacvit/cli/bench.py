@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..bench.run import METHODS, BenchConfig, run
+from ..bench.run import METHODS, RUNTIMES, BenchConfig, run
 from ..data import DATASET_NAMES, SPLITS
 from .common import number_list
 
@@ -22,6 +22,8 @@ examples:
       --baseline-checkpoint runs/demo/baseline/last.safetensors --data cluttered-fmnist \\
       --data-dir /usr/share/datasets/fashion-mnist --limit 2000 --thresholds 0.6,0.76,0.9
       trained models: timing on dataset images, plus top-1 on 2000 validation images.
+  sacvit bench --methods deit,sacvit --exit-share 0.77 --runtime torch,ort --threads 2 --interleave
+      eager PyTorch and onnxruntime (DeiT as one graph, SAC-ViT as its two) on the same images.
   sacvit bench --device cuda --amp bf16 --compile --batch 256
       GPU run (synchronised timing), bf16 autocast, torch.compile'd models.
   sacvit bench --model sacvit_demo_patch8_112 --depth 2 --embed-dim 32 --batch 4 --repeats 2
@@ -102,8 +104,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                    help="autocast dtype (default none = float32), e.g. --amp bf16")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the plain models, the peers and SAC-ViT's EE stage and SAC blocks "
-                        "(dynamic shapes for the compacted batch), e.g. --compile")
+                   help="torch.compile the plain models, the peers and SAC-ViT's EE and SAC stages "
+                        "(fullgraph=True; the exit decision stays on the host), e.g. --compile")
+    g.add_argument("--runtime", dest="runtimes", default=["torch"],
+                   type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
+                   help=f"comma-separated runtimes of {','.join(RUNTIMES)} (default torch): ort adds DeiT "
+                        "exported to ONNX and SAC-ViT's two ONNX graphs on onnxruntime (same threads, same "
+                        "images; graphs under OUT/onnx), e.g. --runtime torch,ort")
     g.add_argument("--profile", action="store_true",
                    help="also split SAC-ViT predict (the setting nearest exit share 0.77) at --batch into "
                         "EE / clustering / reuse / crop+re-embed / SAC blocks / head, and write a "

@@ -35,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--checkpoint", required=True, help="SAC-ViT checkpoint written by `sacvit train`")
     a("--baseline", default=None, help="plain ViT checkpoint written by `sacvit train`")
     a("--model", default=None, help="fail unless the checkpoint is for this timm model name")
-    a("--thresholds", type=thresholds, default=",".join(map(str, DEFAULT_THRESHOLDS)), help="comma-separated exit thresholds η")
+    a("--thresholds", type=thresholds, default=None,
+      help=f"comma-separated exit thresholds η (default: {','.join(map(str, DEFAULT_THRESHOLDS))} and the "
+           f"checkpoint's calibrated η, if `sacvit calibrate` stored one)")
     a("--data", choices=DATASET_NAMES, default="cluttered-fmnist", help="dataset")
     a("--data-dir", default=None, help="dataset folder (default for Fashion-MNIST: the system copy)")
     a("--split", choices=SPLITS, default="test", help="split to evaluate on")
@@ -60,14 +62,16 @@ def _run(args: argparse.Namespace) -> int:
     img_size = model.patch_embed.img_size[0]
     dataset = build_dataset(args.data, args.data_dir, args.split, img_size, length=args.length, seed=args.seed)
     device = None if args.device == "auto" else args.device
-    rows = evaluate(model, dataset, args.thresholds, args.batch_size, args.baseline, device=device,
+    calibrated = meta["sac_config"]["threshold"] if meta.get("calibration") else None
+    chosen = args.thresholds or sorted({*DEFAULT_THRESHOLDS, *([calibrated] if calibrated is not None else [])})
+    rows = evaluate(model, dataset, chosen, args.batch_size, args.baseline, device=device,
                     workers=args.workers, timing_batches=args.timing_batches)
     for r in rows:
         r["model"] = meta["model_name"] if r["mode"] != "baseline" else r["model"]
     print(format_table(rows, TABLE))
     title = f"{meta['model_name']} on {args.data} ({args.split}, {len(dataset)} images)"
     paths = [write_csv(f"{args.out}/results.csv", rows, COLUMNS),
-             plots.accuracy_vs_gmacs(rows, f"{args.out}/accuracy_vs_gmacs.png", title),
+             plots.accuracy_vs_gmacs(rows, f"{args.out}/accuracy_vs_gmacs.png", title, chosen=calibrated),
              plots.per_stage(rows, f"{args.out}/per_stage.png", title)]
     print("wrote " + "  ".join(map(str, paths)))
     return 0

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..report import Column
 from .evaluate import SAC_ONLY, StageRecords
 
-__all__ = ["Curve", "Choice", "curve", "choose_threshold"]
+__all__ = ["CURVE_TABLE", "Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold", "report"]
 
 
 @dataclass
@@ -120,3 +121,115 @@ def choose_threshold(records: StageRecords, *, budget_gmacs: float | None = None
         criterion = f"most accurate with ≥ {exit_share:.0%} exiting at EE"
     return Choice(threshold=float(c.threshold[best]), top1=float(c.top1[best]), gmacs=float(c.gmacs[best]),
                   exit_share=float(c.exit_share[best]), criterion=criterion, images=len(records))
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate` chose and on what.
+
+    Attributes:
+        choice: the chosen operating point.
+        curve: every operating point of the split.
+        records: the per-image results the curve came from.
+        record: the ``calibration`` record stored in the checkpoint metadata.
+        written: whether the checkpoint was rewritten.
+    """
+
+    choice: Choice
+    curve: Curve
+    records: StageRecords
+    record: dict
+    written: bool
+
+
+def curve_rows(c: Curve, points: int = 11, chosen: float | None = None) -> list[dict]:
+    """About ``points`` operating points of ``c`` evenly spread over the exit share (and the one at
+    ``chosen``), as rows for a table: threshold, exit share, top-1, GMACs."""
+    targets = np.linspace(0.0, 1.0, max(points, 2))
+    pick = {int(np.argmin(np.abs(c.exit_share - t))) for t in targets}
+    if chosen is not None:
+        pick.add(int(np.argmin(np.abs(c.threshold - chosen))))
+    return [{"threshold": float(c.threshold[i]), "exit_share": float(c.exit_share[i]), "top1": float(c.top1[i]),
+             "gmacs": float(c.gmacs[i]), "chosen": "◀" if chosen is not None and c.threshold[i] == chosen else ""}
+            for i in sorted(pick)]
+
+
+def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_dir=None, split: str = "holdout",
+              length: int | None = None, seed: int = 0, budget_gmacs: float | None = None,
+              max_drop: float | None = None, reference_top1: float | None = None, exit_share: float | None = None,
+              batch_size: int = 64, device=None, write: bool = True) -> Calibration:
+    """Choose η on held-out images for one budget and store it in the checkpoint.
+
+    One pass over the split gives both stages' predictions of every image
+    (:func:`~sacvit.engine.evaluate.collect`); :func:`choose_threshold` picks the operating point;
+    the checkpoint's metadata is rewritten atomically with the same weights (verified) so that
+    ``sacvit predict``, ``sacvit eval`` and ``sacvit.from_pretrained`` use the new η by default.
+
+    Args:
+        checkpoint: the SAC-ViT checkpoint (``.safetensors``) to calibrate.
+        dataset: the images to calibrate on (default: ``build_dataset(data, data_dir, split, …)``
+            at the model's input size).
+        data, data_dir, split, length, seed: what :func:`~sacvit.data.build_dataset` builds.
+        budget_gmacs, max_drop, reference_top1, exit_share: the budget (see :func:`choose_threshold`).
+        batch_size, device: of the evaluation pass.
+        write: store η in the checkpoint (``False``: only report).
+
+    Raises:
+        ValueError: not a SAC-ViT checkpoint, not exactly one budget, or no η meets the budget
+            (the checkpoint is then unchanged).
+    """
+    from ..data import build_dataset
+    from ..model import SACViT
+    from .checkpoint import load_checkpoint, update_metadata
+    from .evaluate import collect
+
+    model, meta = load_checkpoint(checkpoint)
+    if not isinstance(model, SACViT):
+        raise ValueError(f"{checkpoint} holds a plain ViT ({meta['model_name']}): only a SAC-ViT has an exit threshold")
+    if sum(v is not None for v in (budget_gmacs, max_drop, exit_share)) != 1:
+        raise ValueError("give exactly one budget: --budget-gmacs, --max-drop or --exit-share")
+    source = {"data": data, "split": split, "seed": seed, "length": length}
+    if dataset is None:
+        dataset = build_dataset(data, data_dir, split, int(model.patch_embed.img_size[0]), length=length, seed=seed)
+    else:
+        source = {"data": type(dataset).__name__}
+    classes = getattr(dataset, "classes", None)
+    if classes is not None and len(classes) != model.num_classes:
+        raise ValueError(f"the model has {model.num_classes} classes, the calibration data {len(classes)}")
+    records = collect(model, dataset, batch_size, device)
+    choice = choose_threshold(records, budget_gmacs=budget_gmacs, max_drop=max_drop, reference_top1=reference_top1,
+                              exit_share=exit_share)
+    budget = {"budget_gmacs": budget_gmacs, "max_drop": max_drop, "reference_top1": reference_top1,
+              "exit_share": exit_share}
+    record = {**choice.to_dict(), "budget": {k: v for k, v in budget.items() if v is not None},
+              **source, "previous_threshold": model.sac_cfg.threshold}
+    if write:
+        update_metadata(checkpoint, threshold=choice.threshold, calibration=record)
+    return Calibration(choice=choice, curve=curve(records), records=records, record=record, written=write)
+
+
+#: The curve table ``sacvit calibrate`` prints.
+CURVE_TABLE = (Column("η", "threshold", "{:.4f}"), Column("exit @ EE", "exit_share", "{:.1%}"),
+               Column("top-1 %", "top1", "{:.2f}"), Column("GMACs/img", "gmacs", "{:.4f}"), Column("", "chosen"))
+
+
+def report(result: Calibration, checkpoint, out=None) -> str:
+    """The text ``sacvit calibrate`` prints; with ``out``, also the whole curve as CSV and a plot."""
+    from .. import plots
+    from ..report import format_table, write_csv
+
+    c, ch = result.curve, result.choice
+    lines = [f"curve on {ch.images} held-out images ({len(c.threshold)} operating points; a sample):",
+             format_table(curve_rows(c, chosen=ch.threshold), CURVE_TABLE, left=0),
+             f"chosen: η = {ch.threshold:.6g} ({ch.criterion}): top-1 {ch.top1:.2f}%, {ch.gmacs:.4f} GMACs/image, "
+             f"{ch.exit_share:.1%} exit at EE",
+             f"stored in {checkpoint}" if result.written else "dry run: the checkpoint is unchanged"]
+    if out is not None:
+        rows = [{"threshold": float(t), "exit_share": float(e), "top1": float(a), "gmacs": float(g)}
+                for t, e, a, g in zip(c.threshold, c.exit_share, c.top1, c.gmacs)]
+        csv = write_csv(f"{out}/calibration.csv", rows, ("threshold", "exit_share", "top1", "gmacs"))
+        sweep = [result.records.row(r["threshold"]) for r in curve_rows(c, points=21, chosen=ch.threshold)]
+        png = plots.accuracy_vs_gmacs(sweep, f"{out}/calibration.png", f"calibration on {ch.images} images",
+                                      chosen=ch.threshold)
+        lines.append(f"wrote {csv}  {png}")
+    return "\n".join(lines)

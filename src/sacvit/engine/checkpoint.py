@@ -3,7 +3,9 @@
 A checkpoint ``NAME.safetensors`` holds the model weights and, in the safetensors header
 metadata, everything needed to rebuild the model with ``timm.create_model``: the model name, its
 keyword arguments, the SAC-ViT configuration (or none for a plain ViT), the class names, the
-number of finished epochs and the metrics of that epoch. When an optimizer is given, a sidecar
+number of finished epochs and the metrics of that epoch; optionally the evaluation preprocessing
+(:class:`~sacvit.data.preprocess.Preprocess` as a dict) and the record of a threshold
+calibration (:func:`update_metadata` stores a calibrated η as ``sac_config["threshold"]``). When an optimizer is given, a sidecar
 ``NAME.state.pt`` holds the optimizer, scheduler and RNG states; it contains only tensors and
 plain Python values and is always read with ``torch.load(weights_only=True)``. (That pair is
 sacvit 0.1's training format, still read to resume old runs; training now writes the one-unit
@@ -43,6 +45,7 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "state_path",
+    "update_metadata",
 ]
 
 FORMAT = "sacvit-checkpoint/1"
@@ -133,6 +136,8 @@ def save_checkpoint(
     epoch: int = 0,
     extra_metrics: dict[str, Any] | None = None,
     extra_state: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s weights and metadata to ``path`` (safetensors), atomically.
 
@@ -148,6 +153,8 @@ def save_checkpoint(
         epoch: Number of finished training epochs.
         extra_metrics: JSON-serialisable metrics stored in the metadata.
         extra_state: More sidecar entries (tensors and plain Python values only), e.g. RNG states.
+        preprocess: How evaluation images are made (``Preprocess.to_dict()``).
+        calibration: The record of a threshold calibration (see :func:`update_metadata`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -166,6 +173,10 @@ def save_checkpoint(
         "epoch": str(int(epoch)),
         "metrics": json.dumps(extra_metrics or {}),
     }
+    if preprocess is not None:
+        metadata["preprocess"] = json.dumps(preprocess)
+    if calibration is not None:
+        metadata["calibration"] = json.dumps(calibration)
     if optimizer is not None:
         state: dict[str, Any] = {"format": FORMAT, "epoch": int(epoch), "optimizer": optimizer.state_dict(),
                                  "scheduler": None if scheduler is None else scheduler.state_dict()}
@@ -178,6 +189,7 @@ def save_checkpoint(
 
 
 _FIELDS = {"model_kwargs": dict, "sac_config": (dict, type(None)), "class_names": list, "metrics": dict}
+_OPTIONAL = {"preprocess": (dict, type(None)), "calibration": (dict, type(None))}
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -186,7 +198,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     Returns:
         ``model_name``, ``model_kwargs``, ``sac_config`` (dict or ``None``), ``class_names``,
         ``epoch``, ``metrics``, ``weights_sha256`` (``None`` for files written before sacvit
-        recorded it) and ``path``.
+        recorded it), ``preprocess`` and ``calibration`` (dicts, ``None`` when not recorded) and
+        ``path``.
 
     Raises:
         CheckpointNotFoundError: ``path`` does not exist.
@@ -208,11 +221,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                               f"for backbone weights such as DeiT use --init instead)")
     try:
         meta = {key: json.loads(raw[key]) for key in _FIELDS}
+        meta.update({key: json.loads(raw[key]) if key in raw else None for key in _OPTIONAL})
         meta.update(model_name=raw["model_name"], epoch=int(raw["epoch"]),
                     weights_sha256=raw.get("weights_sha256"), path=str(path))
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt sacvit checkpoint metadata ({_one_line(err)})") from err
-    wrong = [key for key, kind in _FIELDS.items() if not isinstance(meta[key], kind)]
+    wrong = [key for key, kind in {**_FIELDS, **_OPTIONAL}.items() if not isinstance(meta[key], kind)]
     if wrong or not all(isinstance(c, str) for c in meta["class_names"]):
         raise CheckpointError(f"{path}: corrupt sacvit checkpoint metadata (bad {', '.join(wrong) or 'class_names'})")
     return meta
@@ -279,6 +293,62 @@ def load_checkpoint(
     except Exception as err:
         raise CheckpointError(f"{path}: weights do not fit model {name!r}: {_one_line(err)}") from err
     return model.to(map_location).eval(), meta
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical tensors (NaNs included)."""
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
+
+
+def update_metadata(path: str | Path, *, threshold: float | None = None,
+                    calibration: dict[str, Any] | None = None,
+                    preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rewrite a checkpoint's metadata in place, atomically, with the same weights.
+
+    The tensors are read, written with the new metadata to a temporary file in the same folder,
+    read back and compared with the originals bit for bit, and only then moved over ``path``; the
+    training-state sidecar is left untouched.
+
+    Args:
+        path: a checkpoint written by :func:`save_checkpoint`.
+        threshold: a new default exit threshold η (``sac_config["threshold"]``; SAC-ViT only).
+        calibration: the record of how ``threshold`` was chosen.
+        preprocess: the evaluation preprocessing.
+
+    Returns:
+        The new metadata (as :func:`read_metadata`).
+
+    Raises:
+        ValueError: not a sacvit checkpoint, a threshold for a plain ViT, or weights that changed.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    with safe_open(str(path), framework="pt") as f:
+        raw = dict(f.metadata())
+    if threshold is not None:
+        if meta["sac_config"] is None:
+            raise ValueError(f"{path} holds a plain ViT ({meta['model_name']}): it has no exit threshold")
+        sac = dict(meta["sac_config"], threshold=float(threshold))
+        SACConfig.from_dict(sac)  # still a valid configuration
+        raw["sac_config"] = json.dumps(sac)
+    if calibration is not None:
+        raw["calibration"] = json.dumps(calibration)
+    if preprocess is not None:
+        raw["preprocess"] = json.dumps(preprocess)
+    weights = load_file(str(path))
+
+    def write(tmp: str) -> None:
+        save_file(weights, tmp, metadata=raw)
+        again = load_file(tmp)
+        if again.keys() != weights.keys() or not all(_same_bits(again[k], v) for k, v in weights.items()):
+            raise ValueError(f"{path}: the rewritten weights differ from the original; nothing was changed")
+
+    atomic_write(path, write)
+    return read_metadata(path)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import SACConfig
+from ..data.preprocess import preprocess_for
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
 from .logs import append_json, restore_logs
 from .loss import cross_entropy, sac_loss
@@ -377,7 +378,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         val_loader = DataLoader(Subset(val_set, range(d.rank, len(val_set), d.world)), batch_size=per_rank, **loader_args)
 
         saver = Checkpointer(out, model_name=cfg.model, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=classes,
-                             good=snap.folder.name if snap is not None and snap.folder != out else None) if d.main else None
+                             preprocess=preprocess_for(cfg.data, img_size).to_dict(), good=snap.folder.name if snap is not None and snap.folder != out else None) if d.main else None
         if saver is not None and snap is not None and snap.folder != out and snap.batch == 0:
             saver.redeploy(snap.folder)  # a kill between the commit and the copy to last.safetensors
         last_save, in_row = time.monotonic(), 0

@@ -132,15 +132,16 @@ class Checkpointer:
 
     Args:
         out: the run folder.
-        model_name, model_kwargs, sac_cfg, class_names: the metadata of the weights files.
+        model_name, model_kwargs, sac_cfg, class_names, preprocess: the metadata of the weights files.
         good: the folder name of the checkpoint resumed from (kept as the previous good one).
     """
 
     def __init__(self, out: Path, *, model_name: str, model_kwargs: dict[str, Any], sac_cfg: Any,
-                 class_names: list[str], good: str | None = None) -> None:
+                 class_names: list[str], preprocess: dict[str, Any] | None = None, good: str | None = None) -> None:
         self.root = Path(out) / FOLDER
         self.out = Path(out)
-        self.meta = dict(model_name=model_name, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=class_names)
+        self.meta = dict(model_name=model_name, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=class_names,
+                         preprocess=preprocess)
         self.good = good
 
     def save(self, model: nn.Module, ema: nn.Module | None, state: dict[str, Any], *, step: int, epoch: int,

@@ -145,9 +145,13 @@ def upsample_mask(mask: Tensor, grid: tuple[int, int], scale: int) -> Tensor:
 def split_by_mask(mask: Tensor, n_true: int) -> tuple[Tensor, Tensor]:
     """Indices of the true and the false entries of each row, both in ascending order.
 
-    Every row must hold exactly ``n_true`` true entries (one stable sort, no host sync).
+    Every row must hold exactly ``n_true`` true entries (one sort, no host sync). The sort keys
+    are distinct (false entries are offset by the row length), so no stable sort is needed, which
+    keeps the function exportable to ONNX (``TopK`` has no stable mode).
     """
-    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    n = mask.shape[1]
+    key = (~mask).to(torch.long) * n + torch.arange(n, device=mask.device)
+    order = torch.argsort(key, dim=1)
     return order[:, :n_true], order[:, n_true:]
 
 

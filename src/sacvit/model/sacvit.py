@@ -179,9 +179,10 @@ class SACViT(VisionTransformer):
                                       old_size=self.patch_embed.grid_size, num_prefix_tokens=1)
 
     def _ee_pos_embed(self) -> Tensor:
-        """Position embedding resampled to the EE grid (cached outside training and autograd)."""
+        """Position embedding resampled to the EE grid (cached outside training, autograd and
+        graph capture: ``torch.compile`` / ``torch.export`` trace the resampling itself)."""
         pos = self.pos_embed
-        if self.training or (torch.is_grad_enabled() and pos.requires_grad):
+        if self.training or (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling():
             return self._resample_ee_pos(pos)
         try:
             key = (pos.data_ptr(), pos._version, pos.dtype, pos.device)
