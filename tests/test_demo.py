@@ -5,7 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from sacvit.data import build_dataset
 from sacvit.demo import DemoConfig, Recipe, run_demo
+from sacvit.engine.checkpoint import load_checkpoint
+from sacvit.engine.evaluate import plain_correct
 from sacvit.standin import StandinRecipe, make_standin, sha256, standin_path
 
 from conftest import write_fake_fmnist
@@ -46,7 +49,7 @@ def test_standin_records_its_recipe_curve_and_hash(standin):
 
 def test_demo_end_to_end(standin):
     root, data, path = standin
-    keys = ("no_exit", "no_clustering", "full_attention", "window_3")
+    keys = ("no_exit", "no_clustering", "full_attention", "window_5")
     s = _demo(root / "run", data, path, ablations=True, ablation_keys=keys)
     out = root / "run"
     for name in ("report.md", "summary.json", "results.csv", "accuracy_vs_gmacs.png", "per_stage.png",
@@ -64,6 +67,11 @@ def test_demo_end_to_end(standin):
     no_exit, no_clustering = s["ablations"][1], s["ablations"][2]
     assert no_exit["exit_share"] == 0 and no_exit["gmacs"] == pytest.approx(s["test"]["sac_only"]["gmacs"])
     assert no_clustering["gmacs_sac_only"] > s["test"]["sac_only"]["gmacs"]  # the whole image at full res
+    sel = s["baseline_selection"]  # never below an earlier checkpoint of itself (the stand-in), on held-out data
+    assert sel["chosen"] in ("stand-in", "fine-tuned")
+    chosen = path if sel["chosen"] == "stand-in" else out / "baseline" / "last.safetensors"
+    test = build_dataset("cluttered-fmnist", str(data), "test", 112)
+    assert s["test"]["baseline"]["top1"] == pytest.approx(100 * plain_correct(load_checkpoint(chosen)[0], test).mean())
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "Figure 4" in report and "McNemar" in report
     # a rerun reuses every training and every cached evaluation

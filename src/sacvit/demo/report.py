@@ -123,6 +123,12 @@ def markdown(s: dict[str, Any]) -> str:
                               f"{r['top1_ee_only']:.2f}", _short(r["vs_baseline"]),
                               f"{r['holdout_top1']:.2f} / {r['holdout_gmacs']:.4f}"]
                              for r in s["ablations"]]))
+    sel = s.get("baseline_selection")
+    if sel:
+        h = sel["holdout_top1"]
+        parts.append("\n## Baseline checkpoint (held-out split)\n")
+        parts.append(f"The baseline may not end below an earlier checkpoint of itself: stand-in {h['stand-in']:.2f}%, "
+                     f"fine-tuned {h['fine-tuned']:.2f}% held-out top-1; reported: the {sel['chosen']} weights.\n")
     parts.append("\n## Calibration (held-out split)\n")
     parts.append(f"Baseline held-out top-1 {cal['baseline_holdout_top1']:.2f}%; chosen η = {eta:.4g} reaches "
                  f"{cal['top1']:.2f}% at {cal['gmacs']:.4f} GMACs/img with {100 * cal['exit_share']:.1f}% exiting "
