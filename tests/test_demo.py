@@ -79,6 +79,8 @@ def test_demo_end_to_end(standin):
     again = _demo(root / "run", data, path, ablations=True, ablation_keys=keys)
     assert again["at_eta"] == s["at_eta"]
     assert {p: p.stat().st_mtime for p in (out / "records").iterdir()} == mtimes
+    with pytest.raises(ValueError, match="other settings.*sac"):  # never reuse a run trained otherwise
+        _demo(root / "run", data, path, sac={"window": 2})
 
 
 def test_calibration_never_reads_the_test_split(standin, tmp_path):

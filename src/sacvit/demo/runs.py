@@ -12,6 +12,8 @@ finished run is reused. The compared models:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,29 +35,49 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     budget = cfg.budget()
     out = Path(cfg.out) / name
     ckpt = out / CHECKPOINT
-    resume = ckpt.is_file() or has_checkpoint(out)  # also a run killed within its first epoch
-    if ckpt.is_file() and read_metadata(ckpt)["epoch"] >= budget.epochs:
-        print(f"reusing {ckpt} ({budget.epochs} epochs; delete the folder to retrain)", flush=True)
-        return ckpt
     recipe = asdict(cfg.recipe)
     select_after = recipe.pop("select_after")
     kwargs = dict(cfg.model_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
     is_sac = model.startswith("sacvit_")
-    print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)
-    return train(TrainConfig(
+    run = TrainConfig(
         model=model, model_kwargs=kwargs, data="cluttered-fmnist", data_dir=cfg.data_dir,
         train_length=budget.train_length, epochs=budget.epochs, init=str(standin), seed=cfg.seed,
-        out_dir=str(out), resume=resume, eval_every=1, threads=cfg.threads, cache_dir=str(Path(cfg.out) / "cache"),
+        out_dir=str(out), eval_every=1, threads=cfg.threads, cache_dir=str(Path(cfg.out) / "cache"),
         sac={**cfg.sac, **(sac or {})} if is_sac else {}, select_after=select_after if is_sac else None,
-        **recipe))
+        **recipe)
+    resume = ckpt.is_file() or has_checkpoint(out)  # also a run killed within its first epoch
+    if resume:
+        _check_same_run(out, run)
+    if ckpt.is_file() and read_metadata(ckpt)["epoch"] >= budget.epochs:
+        print(f"reusing {ckpt} ({budget.epochs} epochs; delete the folder to retrain)", flush=True)
+        return ckpt
+    print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)
+    return train(dataclasses.replace(run, resume=resume))
+
+
+#: TrainConfig fields that do not change what is trained.
+_INCIDENTAL = {"out_dir", "resume", "threads", "workers", "cache_dir", "cache", "data_dir", "device",
+               "log_every", "checkpoint_every", "checkpoint_minutes"}
+
+
+def _check_same_run(out: Path, run) -> None:
+    """A run folder is only reused or resumed for the very training it holds."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    wanted = json.loads(json.dumps(dataclasses.asdict(run)))
+    changed = sorted(k for k in wanted if k not in _INCIDENTAL and saved.get(k) != wanted[k])
+    if changed:
+        raise ValueError(f"{out} holds a training with other settings ({', '.join(changed)}: "
+                         f"{', '.join(f'{saved.get(k)!r} → {wanted[k]!r}' for k in changed)}); delete the folder "
+                         f"or pick another --out")
 
 
 def curve(run_dir: Path, key: str) -> list[tuple[float, float]]:
     """``(training images seen, held-out top-1)`` per validated epoch of a run."""
-    import json
-
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
