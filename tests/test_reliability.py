@@ -200,8 +200,25 @@ def test_every_checkpoint_damaged_is_a_one_line_error(tmp_path, capsys, monkeypa
     assert "no usable checkpoint" in err and "SHA-256" in err
 
 
+def _write_past_a_file_size_limit(real, obj, path, *args, **kwargs):
+    """Run the real writer while the process may write at most 100 bytes per file: it fails with a real I/O
+    error, raised as the writer's own exception type (RuntimeError from torch.save, SafetensorError)."""
+    import resource
+    import signal
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, limits[1]))
+    try:
+        return real(obj, path, *args, **kwargs)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("fault", ["enospc", "real-writer"])
 @pytest.mark.parametrize("writer", ["torch.save", "safetensors"])
-def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch, capsys, writer):
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, reference, monkeypatch, capsys, writer, fault):
     out = tmp_path / "run"
     calls = []
 
@@ -209,6 +226,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, referenc
         def write(obj, path, *args, **kwargs):
             calls.append(path)
             if len(calls) > (3 if writer == "torch.save" else 6):  # the 4th checkpoint's (step 15) first write
+                if fault == "real-writer":
+                    return _write_past_a_file_size_limit(real, obj, path, *args, **kwargs)
                 Path(path).write_bytes(b"\0" * 100)  # a partial file, as a full disk leaves it
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(obj, path, *args, **kwargs)
@@ -222,7 +241,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, referenc
         monkeypatch.setattr(safetensors.torch, "save_file", full_disk(safetensors.torch.save_file))
     err = one_line_error(cli_args(out, checkpoint_every=5), capsys, code=1)
     monkeypatch.undo()
-    assert "No space left on device" in err and "step-000000010 is intact" in err
+    assert ("No space left on device" if fault == "enospc" else "cannot write checkpoint") in err
+    assert "step-000000010 is intact" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000000008", "step-000000010"]
     assert verify(out / "checkpoints" / "step-000000010")["step"] == 10
     train(cfg(out, checkpoint_every=5, resume=True))

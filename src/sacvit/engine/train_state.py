@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch import nn
+from safetensors import SafetensorError
 from torch.utils.data import Sampler
 
 from ..config import SACConfig
@@ -61,6 +62,18 @@ __all__ = ["CheckpointWriteError", "Checkpointer", "ResumableSampler", "Snapshot
 TRAIN_FORMAT = "sacvit-train-checkpoint/1"
 FOLDER, POINTER, MANIFEST, STATE = "checkpoints", "latest", "manifest.json", "state.pt"
 DEPLOYED = "last.safetensors"
+
+
+#: What a failed write raises: the OS's own error, ``torch.save``'s (a ``RuntimeError`` from its zip
+#: writer, e.g. "unexpected pos" on a full disk) and safetensors' (``SafetensorError``: "I/O error").
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 class CheckpointWriteError(OSError):
@@ -182,11 +195,13 @@ class Checkpointer:
             atomic_write(self.root / POINTER, lambda path: Path(path).write_text(name + "\n"))
             if record is not None:
                 self._deploy(final / manifest["deployed"])
-        except OSError as err:
+        except WRITE_ERRORS as err:  # torch.save and safetensors report a failed write as their own types
             shutil.rmtree(tmp, ignore_errors=True)
             previous = f"the previous checkpoint {self.root / self.good} is intact" if self.good else \
                 "no earlier checkpoint exists"
-            raise CheckpointWriteError(f"cannot write checkpoint {final}: {err.strerror or err}; "
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise CheckpointWriteError(f"cannot write checkpoint {final}: {reason} "
+                                       f"({_free_space(self.root)} free); "
                                        f"{previous} — free space and run again with --resume") from err
         self._prune(keep={name, self.good})
         self.good = name
