@@ -261,6 +261,11 @@ def test_a_tampered_weights_file_is_refused_by_every_command(tmp_path, capsys):
     assert "SHA-256" in one_line_error(["eval", "--checkpoint", str(path), "--data", "synthetic",
                                         "--out", str(tmp_path / "eval")], capsys)
     assert "SHA-256" in one_line_error(["bench", "--checkpoint", str(path), "--out", str(tmp_path / "b")], capsys)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (40, 40), (120, 30, 200)).save(image)
+    for argv in (["predict", str(image)], ["visualize", str(image), "--out", str(tmp_path / "viz")],
+                 ["calibrate", "--data", "synthetic", "--exit-share", "0.5"], ["export", "--out", str(tmp_path / "onnx")]):
+        assert "SHA-256" in one_line_error([*argv, "--checkpoint", str(path)], capsys), argv
     path.write_bytes(bytes(data[: len(data) // 3]))
     assert str(path) in one_line_error(["eval", "--checkpoint", str(path), "--data", "synthetic"], capsys)
 
