@@ -53,17 +53,22 @@ def accuracy_vs_gmacs(rows: Sequence[dict[str, Any]], path: str | Path, title: s
     if curve:
         ax.errorbar([r["gmacs"] for r in curve], [r["top1"] for r in curve], yerr=_yerr(curve), fmt="o-",
                     color="C0", capsize=2, markersize=4, label="SAC-ViT (η sweep)")
-        points: dict[tuple[float, float], list] = {}
-        for r in curve:  # one label per point: thresholds with (nearly) equal results share it
-            key = (round(r["gmacs"] / curve[-1]["gmacs"], 2), round(r["top1"]))
-            points.setdefault(key, [r["gmacs"], r["top1"]]).append(f"{r['threshold']:g}")
-        for g, top1, *etas in points.values():
-            ax.annotate("η=" + ",".join(etas), (g, top1), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color="C0")
+        span = max(r["gmacs"] for r in rows) - min(r["gmacs"] for r in rows) or 1.0
+        groups: list[list[dict[str, Any]]] = []
+        for r in curve:  # one label per cluster of nearby points, so that labels do not overlap
+            if groups and r["gmacs"] - groups[-1][0]["gmacs"] < 0.08 * span and abs(r["top1"] - groups[-1][0]["top1"]) < 1.0:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        for group in groups:
+            etas = [f"{r['threshold']:.3g}" for r in group]
+            ax.annotate("η=" + (etas[0] if len(etas) == 1 else f"{etas[0]}…{etas[-1]}"),
+                        (group[0]["gmacs"], group[0]["top1"]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="C0")
         for r in curve:
             if chosen is not None and abs(r["threshold"] - chosen) < 1e-9:
                 ax.plot(r["gmacs"], r["top1"], "o", markersize=13, markerfacecolor="none", markeredgecolor="C1",
-                        markeredgewidth=2, label=f"η={chosen:g} (calibrated on held-out data)")
+                        markeredgewidth=2, label=f"η={chosen:.3g} (calibrated on held-out data)")
     for mode, marker, color in (("ee_only", "s", "C2"), ("sac_only", "^", "C3")):
         for r in rows:
             if r["mode"] == mode:
