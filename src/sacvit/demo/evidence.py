@@ -8,6 +8,7 @@ and the window policy, so a rerun of the demo recomputes nothing that has not ch
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,24 @@ from ..stats import compare, wilson_interval
 __all__ = ["Evidence", "calibrate", "plain_row"]
 
 
+def model_identity(ckpt: Path) -> str:
+    """A digest of what a checkpoint computes: its weights and model definition, not its default η.
+
+    Storing a calibrated η in the metadata (``update_metadata``) keeps the cached records valid.
+    """
+    import hashlib
+
+    from ..engine.checkpoint import read_metadata
+    from ..standin import sha256
+
+    meta = read_metadata(ckpt)
+    if not meta.get("weights_sha256"):
+        return sha256(ckpt)
+    sac = {k: v for k, v in (meta.get("sac_config") or {}).items() if k != "threshold"}
+    what = [meta["weights_sha256"], meta["model_name"], meta.get("model_kwargs"), sac]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class Evidence:
     """Cached per-image results of checkpoints on the demo's splits."""
 
@@ -30,9 +49,7 @@ class Evidence:
         self.datasets, self.seed = datasets, seed
 
     def _key(self, ckpt: Path, split: str, tag: str) -> Path:
-        from ..standin import sha256
-
-        return self.dir / f"{sha256(ckpt)[:16]}_{split}_{len(self.datasets[split])}_{tag}.npz"
+        return self.dir / f"{model_identity(ckpt)[:16]}_{split}_{len(self.datasets[split])}_{tag}.npz"
 
     def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
         """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy)."""

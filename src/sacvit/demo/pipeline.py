@@ -42,6 +42,19 @@ def _datasets(cfg: DemoConfig) -> dict[str, Any]:
             "test": build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, length=budget.test, **common)}
 
 
+def _store_threshold(path: Path, choice, reference: float, cfg: DemoConfig) -> None:
+    """Make the calibrated η the checkpoint's default, as ``sacvit calibrate`` does, so that
+    ``sacvit predict``/``eval``/``from_pretrained`` on the demo's SAC-ViT use it."""
+    from ..engine.checkpoint import read_metadata, update_metadata
+
+    if read_metadata(path)["sac_config"].get("threshold") == choice.threshold:
+        return
+    update_metadata(path, threshold=choice.threshold, calibration={
+        **choice.to_dict(), "budget": {"max_drop": cfg.tolerance, "reference_top1": reference},
+        "data": "cluttered-fmnist", "split": "holdout", "seed": cfg.seed, "length": cfg.budget().holdout,
+        "by": "sacvit demo"})
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Train (or reuse) every compared model, measure, and write the report; returns the summary."""
     from .. import flops, plots
@@ -74,6 +87,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     sac_h = ev.stages(ckpt["sacvit"], "holdout")
     choice, met = calibrate(sac_h, 100 * base_h.mean(), cfg.tolerance)
     eta = choice.threshold
+    _store_threshold(ckpt["sacvit"], choice, 100 * float(base_h.mean()), cfg)
 
     # ---- the test split
     baseline, _ = load_checkpoint(ckpt["baseline"])
