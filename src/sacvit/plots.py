@@ -56,7 +56,7 @@ def accuracy_vs_gmacs(rows: Sequence[dict[str, Any]], path: str | Path, title: s
         span = max(r["gmacs"] for r in rows) - min(r["gmacs"] for r in rows) or 1.0
         groups: list[list[dict[str, Any]]] = []
         for r in curve:  # one label per cluster of nearby points, so that labels do not overlap
-            if groups and r["gmacs"] - groups[-1][0]["gmacs"] < 0.08 * span and abs(r["top1"] - groups[-1][0]["top1"]) < 1.0:
+            if groups and r["gmacs"] - groups[-1][0]["gmacs"] < 0.12 * span and abs(r["top1"] - groups[-1][0]["top1"]) < 1.0:
                 groups[-1].append(r)
             else:
                 groups.append([r])
