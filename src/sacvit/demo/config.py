@@ -3,7 +3,7 @@
 * :class:`Recipe` — the fine-tuning recipe every compared model gets (baseline, SAC-ViT, the
   EE-resolution ViT, every ablation), from the same stand-in weights;
 * :data:`PRESETS` — ``demo`` (``make demo``, about 15 minutes on 2 CPU cores) and ``full``
-  (about 90 minutes: the README's headline numbers);
+  (about 25 minutes on 2 CPU cores: the README's headline numbers);
 * :class:`DemoConfig` — one run: a preset plus where the data, the stand-in and the outputs are.
 """
 

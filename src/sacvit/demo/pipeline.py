@@ -42,17 +42,21 @@ def _datasets(cfg: DemoConfig) -> dict[str, Any]:
             "test": build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, length=budget.test, **common)}
 
 
-def _store_threshold(path: Path, choice, reference: float, cfg: DemoConfig) -> None:
+def _store_threshold(path: Path, choice, met: bool, reference: float, cfg: DemoConfig) -> None:
     """Make the calibrated η the checkpoint's default, as ``sacvit calibrate`` does, so that
     ``sacvit predict``/``eval``/``from_pretrained`` on the demo's SAC-ViT use it."""
+    import json
+
     from ..engine.checkpoint import read_metadata, update_metadata
 
-    if read_metadata(path)["sac_config"].get("threshold") == choice.threshold:
+    record = {**choice.to_dict(), "criterion_met": met,
+              "budget": {"max_drop": cfg.tolerance, "reference_top1": reference}, "data": "cluttered-fmnist",
+              "split": "holdout", "seed": cfg.seed, "length": cfg.budget().holdout, "by": "sacvit demo"}
+    record = json.loads(json.dumps(record))  # as read back from the metadata
+    meta = read_metadata(path)
+    if meta["sac_config"].get("threshold") == choice.threshold and meta.get("calibration") == record:
         return
-    update_metadata(path, threshold=choice.threshold, calibration={
-        **choice.to_dict(), "budget": {"max_drop": cfg.tolerance, "reference_top1": reference},
-        "data": "cluttered-fmnist", "split": "holdout", "seed": cfg.seed, "length": cfg.budget().holdout,
-        "by": "sacvit demo"})
+    update_metadata(path, threshold=choice.threshold, calibration=record)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     sac_h = ev.stages(ckpt["sacvit"], "holdout")
     choice, met = calibrate(sac_h, 100 * base_h.mean(), cfg.tolerance)
     eta = choice.threshold
-    _store_threshold(ckpt["sacvit"], choice, 100 * float(base_h.mean()), cfg)
+    _store_threshold(ckpt["sacvit"], choice, met, 100 * float(base_h.mean()), cfg)
 
     # ---- the test split
     baseline, _ = load_checkpoint(ckpt["baseline"])

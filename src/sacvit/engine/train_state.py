@@ -199,7 +199,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             previous = f"the previous checkpoint {self.root / self.good} is intact" if self.good else \
                 "no earlier checkpoint exists"
-            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
             raise CheckpointWriteError(f"cannot write checkpoint {final}: {reason} "
                                        f"({_free_space(self.root)} free); "
                                        f"{previous} — free space and run again with --resume") from err
