@@ -5,7 +5,8 @@
 Fine-tunes the plain ViT from the stand-in with the demo's recipe for ``--epochs`` epochs of the
 ``--reference`` run's training images (its ``demo_config.json``), then prints its held-out curve
 and its test-split top-1 paired against the reference run's reported baseline (its fine-tune, or
-the stand-in when that was better on held-out data; bootstrap interval and McNemar's exact test). Writes OUT/result.json. The training cache of the reference run is reused.
+the stand-in when that was better on held-out data; bootstrap interval and McNemar's exact test).
+Writes OUT/result.json. The training cache of the reference run is reused.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from sacvit.data import build_dataset
 from sacvit.demo import DemoConfig
+from sacvit.demo.evidence import Evidence, paired, plain_row
+from sacvit.demo.pipeline import evaluation_datasets
 from sacvit.demo.runs import PLAIN_MODEL, fine_tune
-from sacvit.engine.checkpoint import load_checkpoint
-from sacvit.engine.evaluate import plain_correct
 from sacvit.standin import standin_path
-from sacvit.stats import compare, wilson_interval
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,18 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = ref / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("baseline_selection", {}).get("chosen") == "stand-in":
         reference = standin_path(cfg.standin)
-    budget = cfg.budget()
+    ev = Evidence(out, evaluation_datasets(cfg), cfg.seed)  # the demo's splits, per-image results cached
     result = {"epochs": args.epochs, "reference": str(ref)}
-    correct = {}
-    for split, length in (("holdout", budget.holdout), ("test", budget.test)):
-        data = build_dataset("cluttered-fmnist", cfg.data_dir, split, 112, length=length, seed=cfg.seed,
-                             prerender=True, cache_dir=out / "cache")
+    for split in ("holdout", "test"):
         for name, ckpt in (("reference", reference), ("longer", longer)):
-            c = correct[split, name] = plain_correct(load_checkpoint(ckpt)[0], data)
-            low, high = wilson_interval(int(c.sum()), len(c))
-            result[f"{split}_{name}"] = {"top1": 100 * float(c.mean()), "low": 100 * low, "high": 100 * high}
-    result["test_longer_vs_reference"] = compare(correct["test", "reference"], correct["test", "longer"],
-                                                 seed=cfg.seed).to_dict()
+            row = plain_row(name, "baseline", ev.plain(ckpt, split), gmacs=float("nan"))
+            result[f"{split}_{name}"] = {"top1": row["top1"], "low": row["top1_low"], "high": row["top1_high"]}
+    result["test_longer_vs_reference"] = paired(ev.plain(reference, "test"), ev.plain(longer, "test"), cfg.seed)
     metrics = (out / "baseline" / "metrics.jsonl").read_text().splitlines()
     result["holdout_curve"] = [json.loads(line).get("val_top1") for line in metrics]
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -30,10 +30,11 @@ from .config import DemoConfig
 from .evidence import SAC_ONLY, Evidence, calibrate, paired, plain_row, sac_correct
 from .runs import PLAIN_MODEL, SAC_MODEL, curve, fine_tune
 
-__all__ = ["run_demo"]
+__all__ = ["evaluation_datasets", "run_demo"]
 
 
-def _datasets(cfg: DemoConfig) -> dict[str, Any]:
+def evaluation_datasets(cfg: DemoConfig) -> dict[str, Any]:
+    """The demo's held-out and test splits at 112 px, pre-rendered into ``OUT/cache``."""
     from ..data import build_dataset
 
     budget = cfg.budget()
@@ -45,18 +46,11 @@ def _datasets(cfg: DemoConfig) -> dict[str, Any]:
 def _store_threshold(path: Path, choice, met: bool, reference: float, cfg: DemoConfig) -> None:
     """Make the calibrated η the checkpoint's default, as ``sacvit calibrate`` does, so that
     ``sacvit predict``/``eval``/``from_pretrained`` on the demo's SAC-ViT use it."""
-    import json
+    from ..engine.calibrate import calibration_record, store_threshold
 
-    from ..engine.checkpoint import read_metadata, update_metadata
-
-    record = {**choice.to_dict(), "criterion_met": met,
-              "budget": {"max_drop": cfg.tolerance, "reference_top1": reference}, "data": "cluttered-fmnist",
-              "split": "holdout", "seed": cfg.seed, "length": cfg.budget().holdout, "by": "sacvit demo"}
-    record = json.loads(json.dumps(record))  # as read back from the metadata
-    meta = read_metadata(path)
-    if meta["sac_config"].get("threshold") == choice.threshold and meta.get("calibration") == record:
-        return
-    update_metadata(path, threshold=choice.threshold, calibration=record)
+    store_threshold(path, choice, calibration_record(
+        choice, {"max_drop": cfg.tolerance, "reference_top1": reference}, criterion_met=met, data="cluttered-fmnist",
+        split="holdout", seed=cfg.seed, length=cfg.budget().holdout, by="sacvit demo"))
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -82,7 +76,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     ckpt = {"baseline": fine_tune(cfg, "baseline", PLAIN_MODEL, standin),
             "sacvit": fine_tune(cfg, "sacvit", SAC_MODEL, standin),
             "ee_res": fine_tune(cfg, "ee_res", PLAIN_MODEL, standin, img_size=56)}
-    ev = Evidence(out, _datasets(cfg), cfg.seed)
+    ev = Evidence(out, evaluation_datasets(cfg), cfg.seed)
     ee_res_data = {s: _ee_view(cfg, s) for s in ("test",)}
     ckpt["baseline"], selection = _select_baseline(ev, standin, ckpt["baseline"])
 

@@ -13,13 +13,15 @@ rounding-level differences exits the same images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..report import Column
 from .evaluate import SAC_ONLY, StageRecords
 
-__all__ = ["CURVE_TABLE", "Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold", "report"]
+__all__ = ["CURVE_TABLE", "Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold", "report",
+           "calibration_record", "store_threshold"]
 
 
 @dataclass
@@ -154,6 +156,27 @@ def curve_rows(c: Curve, points: int = 11, chosen: float | None = None) -> list[
             for i in sorted(pick)]
 
 
+def calibration_record(choice: Choice, budget: dict[str, Any], **source: Any) -> dict[str, Any]:
+    """What a checkpoint records of how its η was chosen: the choice, the budget (its given fields)
+    and where the images came from, as plain JSON values."""
+    import json
+
+    record = {**choice.to_dict(), "budget": {k: v for k, v in budget.items() if v is not None}, **source}
+    return json.loads(json.dumps(record))
+
+
+def store_threshold(checkpoint, choice: Choice, record: dict[str, Any]) -> bool:
+    """Make ``choice.threshold`` the checkpoint's default η with ``record`` as its calibration record
+    (atomic rewrite, weights verified); ``False`` when the checkpoint already holds both."""
+    from .checkpoint import read_metadata, update_metadata
+
+    meta = read_metadata(checkpoint)
+    if (meta["sac_config"] or {}).get("threshold") == choice.threshold and meta.get("calibration") == record:
+        return False
+    update_metadata(checkpoint, threshold=choice.threshold, calibration=record)
+    return True
+
+
 def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_dir=None, split: str = "holdout",
               length: int | None = None, seed: int = 0, budget_gmacs: float | None = None,
               max_drop: float | None = None, reference_top1: float | None = None, exit_share: float | None = None,
@@ -180,7 +203,7 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
     """
     from ..data import build_dataset
     from ..model import SACViT
-    from .checkpoint import load_checkpoint, update_metadata
+    from .checkpoint import load_checkpoint
     from .evaluate import collect
 
     model, meta = load_checkpoint(checkpoint)
@@ -201,10 +224,9 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
                               exit_share=exit_share)
     budget = {"budget_gmacs": budget_gmacs, "max_drop": max_drop, "reference_top1": reference_top1,
               "exit_share": exit_share}
-    record = {**choice.to_dict(), "budget": {k: v for k, v in budget.items() if v is not None},
-              **source, "previous_threshold": model.sac_cfg.threshold}
+    record = calibration_record(choice, budget, **source, previous_threshold=model.sac_cfg.threshold)
     if write:
-        update_metadata(checkpoint, threshold=choice.threshold, calibration=record)
+        store_threshold(checkpoint, choice, record)
     return Calibration(choice=choice, curve=curve(records), records=records, record=record, written=write)
 
 

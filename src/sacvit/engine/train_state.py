@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from safetensors import SafetensorError
+from torch import nn
 from torch.utils.data import Sampler
 
 from ..config import SACConfig
