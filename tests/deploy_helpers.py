@@ -11,7 +11,7 @@ from PIL import Image
 
 import sacvit  # noqa: F401  (registers the timm variants)
 from sacvit.data.preprocess import preprocess_for
-from sacvit.engine.checkpoint import save_checkpoint
+from sacvit.io.checkpoint import CheckpointMeta, save_checkpoint
 
 NAME = "sacvit_demo_patch8_112"
 KW = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=4)
@@ -33,8 +33,9 @@ def tiny_sacvit(head_scale: float = 25.0, **sac) -> torch.nn.Module:
 def save_tiny(path: Path, model: torch.nn.Module | None = None, data: str = "synthetic") -> Path:
     """A checkpoint of :func:`tiny_sacvit` with the synthetic data's preprocessing."""
     model = model if model is not None else tiny_sacvit()
-    return save_checkpoint(path, model, model_name=NAME, model_kwargs=KW, sac_cfg=model.sac_cfg,
-                           class_names=CLASSES, epoch=1, preprocess=preprocess_for(data, 32).to_dict())
+    return save_checkpoint(path, model, CheckpointMeta(model_name=NAME, model_kwargs=KW, sac_config=model.sac_cfg,
+                                                class_names=CLASSES, epoch=1,
+                                                preprocess=preprocess_for(data, 32).to_dict()))
 
 
 def image_files(folder: Path) -> dict[str, Path]:

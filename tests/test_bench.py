@@ -227,16 +227,16 @@ def test_bench_is_a_sacvit_command():
 
 
 def test_checkpoints_and_dataset_give_top1(tmp_path):
-    from sacvit.engine import checkpoint
+    from sacvit.io import checkpoint
     data_dir = write_fake_fmnist(tmp_path / "fmnist")
     kw = dict(depth=1, embed_dim=32, num_heads=2, num_classes=10)
     sac = timm.create_model("sacvit_demo_patch8_112", **kw)
     plain = timm.create_model("deit_demo_patch8_112", **kw)
     classes = [str(i) for i in range(10)]
-    checkpoint.save_checkpoint(tmp_path / "sac.safetensors", sac, model_name="sacvit_demo_patch8_112",
-                               model_kwargs=kw, sac_cfg=sac.sac_cfg, class_names=classes)
-    checkpoint.save_checkpoint(tmp_path / "deit.safetensors", plain, model_name="deit_demo_patch8_112",
-                               model_kwargs=kw, sac_cfg=None, class_names=classes)
+    checkpoint.save_checkpoint(tmp_path / "sac.safetensors", sac, checkpoint.CheckpointMeta(
+        model_name="sacvit_demo_patch8_112", model_kwargs=kw, sac_config=sac.sac_cfg, class_names=classes))
+    checkpoint.save_checkpoint(tmp_path / "deit.safetensors", plain, checkpoint.CheckpointMeta(
+        model_name="deit_demo_patch8_112", model_kwargs=kw, class_names=classes))
     out = tmp_path / "out"
     rc = bench_main(["--checkpoint", str(tmp_path / "sac.safetensors"),
                      "--baseline-checkpoint", str(tmp_path / "deit.safetensors"),

@@ -7,9 +7,9 @@ import pytest
 
 from sacvit.data import build_dataset
 from sacvit.demo import DemoConfig, Recipe, run_demo
-from sacvit.engine.checkpoint import load_checkpoint, read_metadata
+from sacvit.io.checkpoint import load_checkpoint, read_metadata
 from sacvit.engine.evaluate import plain_correct
-from sacvit.standin import StandinRecipe, make_standin, sha256, standin_path
+from sacvit.demo.standin import StandinRecipe, make_standin, sha256, standin_path
 
 from conftest import write_fake_fmnist
 
@@ -74,8 +74,8 @@ def test_demo_end_to_end(standin):
     assert s["test"]["baseline"]["top1"] == pytest.approx(100 * plain_correct(load_checkpoint(chosen)[0], test).mean())
     # the calibrated η is the SAC-ViT checkpoint's default, as after `sacvit calibrate`
     meta = read_metadata(out / "sacvit" / "last.safetensors")
-    assert meta["sac_config"]["threshold"] == s["calibration"]["threshold"]
-    assert meta["calibration"]["split"] == "holdout" and meta["calibration"]["by"] == "sacvit demo"
+    assert meta.threshold == s["calibration"]["threshold"]
+    assert meta.calibration["split"] == "holdout" and meta.calibration["by"] == "sacvit demo"
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "Figure 4" in report and "McNemar" in report
     # a rerun reuses every training and every cached evaluation

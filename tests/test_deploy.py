@@ -16,7 +16,7 @@ from sacvit.cli import main
 from sacvit.data import build_dataset
 from sacvit.data.preprocess import Preprocess, open_image, preprocess_for
 from sacvit.deploy import find_images, predict_files
-from sacvit.engine.checkpoint import read_metadata, save_checkpoint, update_metadata
+from sacvit.io.checkpoint import CheckpointMeta, read_metadata, save_checkpoint, update_metadata
 from sacvit.engine.evaluate import SAC_ONLY, collect
 from sacvit.viz import figure5_size
 
@@ -82,7 +82,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_preprocess_round_trips_through_metadata(ckpt):
     meta = read_metadata(ckpt)
-    assert Preprocess.from_dict(meta["preprocess"]) == preprocess_for("synthetic", 32)
+    assert Preprocess.from_dict(meta.preprocess) == preprocess_for("synthetic", 32)
 
 
 # ------------------------------------------------------------------ checkpoint metadata
@@ -91,25 +91,28 @@ def test_update_metadata_keeps_the_weights_bit_identical(ckpt, tmp_path):
 
     before = load_file(str(ckpt))
     meta = update_metadata(ckpt, threshold=0.42, calibration={"criterion": "test"})
-    assert meta["sac_config"]["threshold"] == 0.42 and meta["calibration"] == {"criterion": "test"}
+    assert meta.threshold == 0.42 and meta.calibration == {"criterion": "test"}
     after = load_file(str(ckpt))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.safetensors"]  # no temporary left
-    assert meta["preprocess"] == read_metadata(ckpt)["preprocess"]
+    assert meta.preprocess == read_metadata(ckpt).preprocess
     with pytest.raises(ValueError, match="plain ViT .* no exit threshold"):
         plain = tmp_path / "plain.safetensors"
-        save_checkpoint(plain, torch.nn.Linear(2, 2), model_name="deit_demo_patch8_112", model_kwargs={},
-                        sac_cfg=None, class_names=["a", "b"])
+        save_checkpoint(plain, torch.nn.Linear(2, 2), CheckpointMeta(model_name="deit_demo_patch8_112",
+                                                                     class_names=["a", "b"]))
         update_metadata(plain, threshold=0.5)
 
 
 def test_from_pretrained_rebuilds_everything(ckpt):
     update_metadata(ckpt, threshold=0.61)
-    model = sacvit.from_pretrained(ckpt)
+    pretrained = sacvit.from_pretrained(ckpt)
+    model = pretrained.model
     ref = tiny_sacvit()
-    assert not model.training and model.sac_cfg.threshold == 0.61 and model.class_names == CLASSES
-    assert model.preprocess == preprocess_for("synthetic", 32)
+    assert not model.training and pretrained.threshold == model.sac_cfg.threshold == 0.61
+    assert list(pretrained.class_names) == list(CLASSES) and pretrained.meta.path == str(ckpt)
+    assert pretrained.preprocess == preprocess_for("synthetic", 32)
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and model.pretrained_cfg["input_size"] == (3, 32, 32)
+    assert not hasattr(model, "class_names") and not hasattr(model, "checkpoint_meta")  # nothing ad hoc on the module
     own = ref.state_dict()
     assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
 
@@ -180,13 +183,13 @@ def test_find_images_recurses_and_keeps_missing_paths(files, tmp_path):
 def test_calibration_meets_its_budget_and_predict_uses_it(ckpt, files, capsys):
     model = sacvit.from_pretrained(ckpt)
     data = build_dataset("synthetic", split="holdout", img_size=32)
-    records = collect(model, data, batch_size=32)
+    records = collect(model.model, data, batch_size=32)
     ee, sac = float(records.gmacs_ee.mean()), float(records.gmacs_sac.mean())
     budget = ee + 0.4 * (sac - ee)
     result = sacvit.calibrate(ckpt, data="synthetic", budget_gmacs=budget)
-    eta = read_metadata(ckpt)["sac_config"]["threshold"]
-    assert eta == result.choice.threshold and read_metadata(ckpt)["calibration"]["budget"] == {"budget_gmacs": budget}
-    again = collect(sacvit.from_pretrained(ckpt), data, batch_size=32).row(eta)
+    eta = read_metadata(ckpt).threshold
+    assert eta == result.choice.threshold and read_metadata(ckpt).calibration["budget"] == {"budget_gmacs": budget}
+    again = collect(sacvit.from_pretrained(ckpt).model, data, batch_size=32).row(eta)
     assert again["gmacs"] <= budget + 1e-9 and again["top1"] == pytest.approx(result.choice.top1)
     assert again["gmacs"] == pytest.approx(result.choice.gmacs)
     # predict's default is now the stored η
@@ -204,7 +207,7 @@ def test_calibrate_cli_and_an_impossible_budget(ckpt, capsys, tmp_path):
                       "--out", tmp_path / "cal")
     assert rc == 0 and "chosen: η =" in out and "stored in" in out
     assert (tmp_path / "cal" / "calibration.csv").is_file() and (tmp_path / "cal" / "calibration.png").is_file()
-    eta = read_metadata(ckpt)["sac_config"]["threshold"]
+    eta = read_metadata(ckpt).threshold
     rc, _, _ = _run(capsys, "eval", "--checkpoint", ckpt, "--data", "synthetic", "--split", "holdout",
                     "--timing-batches", 0, "--out", tmp_path / "eval")
     thresholds = (tmp_path / "eval" / "results.csv").read_text()

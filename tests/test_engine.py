@@ -21,19 +21,13 @@ import torch
 
 import sacvit  # noqa: F401
 import sacvit.cli
-from sacvit.engine.checkpoint import (
-    load_checkpoint,
-    load_training_state,
-    read_metadata,
-    save_checkpoint,
-    state_path,
-)
+from sacvit.io.checkpoint import CheckpointMeta, DataSpec, load_checkpoint, read_metadata, save_checkpoint
 from sacvit import plots
 from sacvit.data import build_dataset
-from sacvit.engine.evaluate import COLUMNS, SAC_ONLY, TABLE, evaluate
+from sacvit.engine.evaluate import COLUMNS, SAC_ONLY, evaluate
 from sacvit.engine.train import TrainConfig, train
-from sacvit.engine.train_state import Checkpointer, load_latest
-from sacvit.report import format_table, write_csv
+from sacvit.io.train_state import Checkpointer, load_latest
+from sacvit.report import SWEEP_TABLE, format_table, write_csv
 
 SAC_NAME, PLAIN_NAME = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
 KW = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2)
@@ -54,11 +48,11 @@ def tiny_cfg(out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def save_tiny(path: Path, name: str = SAC_NAME, **kw) -> torch.nn.Module:
+def save_tiny(path: Path, name: str = SAC_NAME) -> torch.nn.Module:
     model = tiny_model(name)
-    save_checkpoint(path, model, model_name=name, model_kwargs={**KW, "num_classes": 4},
-                    sac_cfg=getattr(model, "sac_cfg", None), class_names=list("abcd"), epoch=3,
-                    extra_metrics={"val_top1": 50.0}, **kw)
+    save_checkpoint(path, model, CheckpointMeta(model_name=name, model_kwargs={**KW, "num_classes": 4},
+                                                sac_config=getattr(model, "sac_cfg", None), class_names=list("abcd"),
+                                                epoch=3, metrics={"val_top1": 50.0}))
     return model
 
 
@@ -70,36 +64,33 @@ def lines(path: Path) -> list[dict]:
 def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "model.safetensors"
     model = tiny_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.randn(2, 3, 32, 32))[1].sum().backward()
-    opt.step()
-    save_checkpoint(path, model, model_name=SAC_NAME, model_kwargs={**KW, "num_classes": 4}, sac_cfg=model.sac_cfg,
-                    class_names=list("abcd"), optimizer=opt, epoch=3, extra_metrics={"val_top1_sac": 12.5})
+    data = DataSpec(name="synthetic", folder=None, seed=3, holdout=8, image_size=32)
+    save_checkpoint(path, model, CheckpointMeta(model_name=SAC_NAME, model_kwargs={**KW, "num_classes": 4},
+                                                sac_config=model.sac_cfg, class_names=list("abcd"), epoch=3,
+                                                metrics={"val_top1_sac": 12.5}, data=data))
     loaded, meta = load_checkpoint(path, expected_model=SAC_NAME)
     assert type(loaded) is type(model) and loaded.sac_cfg == model.sac_cfg
     own = model.state_dict()
     assert loaded.state_dict().keys() == own.keys()
     assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
-    assert meta["class_names"] == list("abcd") and meta["epoch"] == 3
-    assert meta["metrics"] == {"val_top1_sac": 12.5} and meta["model_kwargs"]["embed_dim"] == 32
-    state = load_training_state(path)
-    ref = opt.state_dict()["state"]
-    assert all(torch.equal(state["optimizer"]["state"][i]["exp_avg"], ref[i]["exp_avg"]) for i in ref)
+    assert meta.class_names == tuple("abcd") and meta.epoch == 3 and meta.data == data
+    assert meta.metrics == {"val_top1_sac": 12.5} and meta.model_kwargs["embed_dim"] == 32
+    assert meta.sac_config == model.sac_cfg and meta.threshold == model.sac_cfg.threshold
 
 
 def test_plain_checkpoint_round_trip(tmp_path):
     path = tmp_path / "plain.safetensors"
     model = save_tiny(path, PLAIN_NAME)
     loaded, meta = load_checkpoint(path)
-    assert meta["sac_config"] is None and not hasattr(loaded, "sac_cfg")
+    assert meta.sac_config is None and meta.threshold is None and not hasattr(loaded, "sac_cfg")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
 
 
 def test_atomic_save_leaves_no_tmp_and_survives_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
-    save_tiny(path, optimizer=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "last.state.pt"]
+    save_tiny(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]
     before = path.read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -110,8 +101,8 @@ def test_atomic_save_leaves_no_tmp_and_survives_a_crash(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_tiny(path)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "last.state.pt"]
-    assert read_metadata(path)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]
+    assert read_metadata(path).epoch == 3
 
 
 def test_checkpoint_for_another_model_names_the_path(tmp_path):
@@ -144,7 +135,7 @@ def test_bad_checkpoint_file_is_a_value_error(tmp_path, kind):
 def test_train_resume_and_evaluate(tmp_path, capsys):
     run = tmp_path / "sac"
     ckpt = train(tiny_cfg(run))
-    assert ckpt == run / "last.safetensors" and ckpt.is_file() and not state_path(ckpt).exists()
+    assert ckpt == run / "last.safetensors" and ckpt.is_file()
     records = lines(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "lr", "val_top1_ee", "val_top1_sac", "seconds", "nonfinite_steps",
@@ -182,7 +173,7 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     if 0 < mixed["exit_share"] < 1:
         recomposed = mixed["exit_share"] * mixed["top1_exited"] + (1 - mixed["exit_share"]) * mixed["top1_sac"]
         assert recomposed == pytest.approx(mixed["top1"])
-    table = format_table(rows, TABLE)
+    table = format_table(rows, SWEEP_TABLE)
     assert "EE only" in table and "SAC only" in table and "baseline" in table and "95% CI" in table
     path = write_csv(tmp_path / "eval" / "results.csv", rows, COLUMNS)
     with open(path) as f:
@@ -277,11 +268,12 @@ def test_cli_missing_or_empty_dataset(tmp_path, folder, capsys, monkeypatch):
 
 def test_cli_checkpoint_for_another_model(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    save_tiny(run / "last.safetensors", PLAIN_NAME,  # a sacvit 0.1 run: weights + last.state.pt
-              optimizer=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    saver = Checkpointer(run, CheckpointMeta(model_name=PLAIN_NAME, model_kwargs={**KW, "num_classes": 4},
+                                             class_names=list("abcd")))
+    saver.save(tiny_model(PLAIN_NAME), None, {"step": 1}, step=1, epoch=1, batch=0, record={"epoch": 1})
     err = _cli_error(["train", "--model", SAC_NAME, "--model-kwargs", json.dumps(KW), "--data", "synthetic",
                       "--out-dir", str(run), "--resume"], capsys, monkeypatch)
-    assert str(run / "last.safetensors") in err
+    assert str(run / "checkpoints") in err and PLAIN_NAME in err
     err = _cli_error(["eval", "--checkpoint", str(run / "last.safetensors"), "--model", SAC_NAME,
                       "--data", "synthetic", "--out", str(tmp_path / "eval")], capsys, monkeypatch)
     assert str(run / "last.safetensors") in err

@@ -83,14 +83,14 @@ def test_onnx_runtime_matches_pytorch(exported, x):
             stages.update(ref.stage.tolist())
     assert stages == {0, 1}
     assert runtime.class_names == model.class_names and runtime.preprocess == model.preprocess
-    assert runtime.sac_cfg == model.sac_cfg
+    assert runtime.sac_cfg == model.model.sac_cfg and runtime.threshold == model.threshold
     assert_same(model.predict(x), runtime.predict(x.numpy()), 1e-4)  # default η, NumPy input
 
 
 def test_export_folder_describes_itself(exported):
     model, out = exported
     info = json.loads((out / "sacvit.json").read_text())
-    assert info["sac_config"]["threshold"] == model.sac_cfg.threshold
+    assert info["sac_config"]["threshold"] == model.threshold
     assert info["geometry"]["num_target"] == 36 and info["geometry"]["num_non_target"] == 7  # 3×3 window, s = 2
     for name, inputs in (("ee.onnx", ["image"]), ("sac.onnx", ["image", "tokens", "embed", "gca", "window"])):
         graph = onnx.load(out / name).graph

@@ -30,8 +30,8 @@ import sacvit.cli
 from sacvit.cli.common import json_dict
 from sacvit.config import SACConfig
 from sacvit.data.imagefolder import check_image, safe_loader
-from sacvit.engine.checkpoint import load_checkpoint, read_metadata, save_checkpoint, sha256_file
-from sacvit.engine.train_state import TRAIN_FORMAT, _read_state
+from sacvit.io.checkpoint import CheckpointMeta, load_checkpoint, read_metadata, save_checkpoint, sha256_file
+from sacvit.io.train_state import TRAIN_FORMAT, _read_state
 from sacvit.model.registry import read_state_dict
 
 _CAMPAIGN = os.environ.get("SACVIT_FUZZ_EXAMPLES")
@@ -85,8 +85,9 @@ def checkpoint(tmp_path_factory) -> bytes:
     torch.manual_seed(0)
     model = timm.create_model("sacvit_demo_patch8_112", sac={"window": 1, "gca_start": 0}, **KW)
     path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
-    save_checkpoint(path, model, model_name="sacvit_demo_patch8_112", model_kwargs=KW, sac_cfg=model.sac_cfg,
-                    class_names=["a", "b"], epoch=1, extra_metrics={"val_top1": 50.0})
+    save_checkpoint(path, model, CheckpointMeta(model_name="sacvit_demo_patch8_112", model_kwargs=KW,
+                                                sac_config=model.sac_cfg, class_names=["a", "b"], epoch=1,
+                                                metrics={"val_top1": 50.0}))
     return path.read_bytes()
 
 

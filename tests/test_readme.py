@@ -19,15 +19,15 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """The files the snippets name: a DeiT-S checkpoint and trained demo checkpoints (tiny weights)."""
-    from sacvit.engine.checkpoint import save_checkpoint
+    from sacvit.io.checkpoint import CheckpointMeta, save_checkpoint
 
     d = tmp_path_factory.mktemp("readme")
     torch.manual_seed(0)
     save_file(timm.create_model("deit_small_patch16_224").state_dict(), str(d / "deit_small_patch16_224.safetensors"))
     for name, model in (("sacvit", "sacvit_demo_patch8_112"), ("baseline", "deit_demo_patch8_112")):
         net = timm.create_model(model)
-        save_checkpoint(d / "runs" / "demo" / name / "last.safetensors", net, model_name=model, model_kwargs={},
-                        sac_cfg=getattr(net, "sac_cfg", None), class_names=[f"c{i}" for i in range(10)])
+        save_checkpoint(d / "runs" / "demo" / name / "last.safetensors", net, CheckpointMeta(
+            model_name=model, sac_config=getattr(net, "sac_cfg", None), class_names=[f"c{i}" for i in range(10)]))
     return d
 
 

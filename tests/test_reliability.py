@@ -29,9 +29,9 @@ from PIL import Image
 
 import sacvit.cli
 from sacvit.config import ConfigTypeError, SACConfig
-from sacvit.engine.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from sacvit.io.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from sacvit.engine.train import TrainConfig, train
-from sacvit.engine.train_state import Checkpointer, load_latest, verify
+from sacvit.io.train_state import Checkpointer, load_latest, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SAC_NAME = "sacvit_demo_patch8_112"
@@ -65,7 +65,7 @@ def result(out: Path) -> dict:
     for r in records:
         r.pop("seconds")
     return {"metrics": records, "steps": (out / "steps.jsonl").read_text(),
-            "weights": read_metadata(out / "last.safetensors")["weights_sha256"]}
+            "weights": read_metadata(out / "last.safetensors").weights_sha256}
 
 
 def env() -> dict[str, str]:
@@ -183,7 +183,7 @@ def test_a_kill_between_commit_and_deploy_is_repaired_on_resume(tmp_path, refere
     with pytest.raises(KeyboardInterrupt):
         train(cfg(out))
     monkeypatch.undo()
-    assert read_metadata(out / "last.safetensors")["epoch"] == 2 and load_latest(out).epoch == 3
+    assert read_metadata(out / "last.safetensors").epoch == 2 and load_latest(out).epoch == 3
     train(cfg(out, resume=True))  # nothing left to train
     assert result(out) == reference
 

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["Column", "format_table", "write_csv", "write_json"]
+from .engine.calibrate import Calibration, curve_rows
+
+__all__ = ["Column", "CURVE_TABLE", "SWEEP_TABLE", "calibration_report", "format_table", "with_interval", "write_csv",
+           "write_json"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,43 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return path
+
+
+def with_interval(row: dict[str, Any]) -> str:
+    """``"top1 [low, high]"`` of a row, for tables."""
+    if row.get("top1_low") is None:
+        return f"{row['top1']:.2f}"
+    return f"{row['top1']:.2f} [{row['top1_low']:.1f}, {row['top1_high']:.1f}]"
+
+
+#: The table ``sacvit eval`` (and the demo) print.
+SWEEP_TABLE = (Column("", "label"), Column("η", "threshold", "{:g}"), Column("top-1 % [95% CI]", "top1", with_interval),
+         Column("exit @ EE", "exit_share", "{:.1%}"), Column("top-1 exited", "top1_exited", "{:.2f}"),
+         Column("top-1 SAC", "top1_sac", "{:.2f}"), Column("GMACs/img", "gmacs", "{:.4f}"),
+         Column("img/s", "img_per_s", "{:.1f}"))
+
+
+#: The curve table ``sacvit calibrate`` prints.
+CURVE_TABLE = (Column("η", "threshold", "{:.4f}"), Column("exit @ EE", "exit_share", "{:.1%}"),
+               Column("top-1 %", "top1", "{:.2f}"), Column("GMACs/img", "gmacs", "{:.4f}"), Column("", "chosen"))
+
+
+def calibration_report(result: Calibration, checkpoint, out=None) -> str:
+    """The text ``sacvit calibrate`` prints; with ``out``, also the whole curve as CSV and a plot."""
+    from . import plots  # matplotlib only when a plot is asked for (start-up time)
+
+    c, ch = result.curve, result.choice
+    lines = [f"curve on {ch.images} held-out images ({len(c.threshold)} operating points; a sample):",
+             format_table(curve_rows(c, chosen=ch.threshold), CURVE_TABLE, left=0),
+             f"chosen: η = {ch.threshold:.6g} ({ch.criterion}): top-1 {ch.top1:.2f}%, {ch.gmacs:.4f} GMACs/image, "
+             f"{ch.exit_share:.1%} exit at EE",
+             f"stored in {checkpoint}" if result.written else "dry run: the checkpoint is unchanged"]
+    if out is not None:
+        rows = [{"threshold": float(t), "exit_share": float(e), "top1": float(a), "gmacs": float(g)}
+                for t, e, a, g in zip(c.threshold, c.exit_share, c.top1, c.gmacs)]
+        csv = write_csv(f"{out}/calibration.csv", rows, ("threshold", "exit_share", "top1", "gmacs"))
+        sweep = [result.records.row(r["threshold"]) for r in curve_rows(c, points=21, chosen=ch.threshold)]
+        png = plots.accuracy_vs_gmacs(sweep, f"{out}/calibration.png", f"calibration on {ch.images} images",
+                                      chosen=ch.threshold)
+        lines.append(f"wrote {csv}  {png}")
+    return "\n".join(lines)

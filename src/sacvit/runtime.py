@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .config import SACConfig
 from .data.preprocess import Preprocess
-from .deploy.export import EE_OUTPUTS, FORMAT, META_FILE, require
+from .io.export_format import EE_OUTPUTS, FORMAT, META_FILE, require
 from .model.outputs import Prediction
 from .model.stages import StageGeometry, staged_predict
 
@@ -91,7 +91,7 @@ class OnnxSACViT:
             raise ValueError(f"{meta_path}: not a '{FORMAT}' export (format {meta.get('format')!r})")
         self.meta = meta
         self.sac_cfg = SACConfig.from_dict(meta["sac_config"])
-        self.class_names = list(meta["class_names"])
+        self.class_names = tuple(meta["class_names"])
         self.preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
         self.geometry = StageGeometry.from_dict(meta["geometry"])
         graphs = meta["graphs"]
@@ -110,6 +110,11 @@ class OnnxSACViT:
         given = {"image": x, "tokens": tokens, "embed": embed, "gca": gca, "window": window}
         feed = {name: _numpy(given[name]) for name in self._sac_inputs}
         return torch.from_numpy(self.sac.run(["logits"], feed)[0])
+
+    @property
+    def threshold(self) -> float:
+        """The default exit threshold η (the calibrated one, when the checkpoint was calibrated)."""
+        return self.sac_cfg.threshold
 
     def predict(self, x: Tensor | np.ndarray, threshold: float | None = None) -> Prediction:
         """As :meth:`SACViT.predict`: images whose EE confidence is ≥ η exit, the rest go through SAC.

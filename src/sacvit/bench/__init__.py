@@ -11,7 +11,7 @@
 from .profile import PART_NAMES, PartsProfile, profile_ops, profile_parts
 from .rows import COLUMNS, Row
 from .run import METHODS, BenchConfig, run
-from .timing import percentile, throughput, time_calls
+from ..engine.timing import percentile, throughput, time_calls
 from .twins import exit_threshold, plain_twin
 
 __all__ = ["BenchConfig", "COLUMNS", "METHODS", "PART_NAMES", "PartsProfile", "Row", "exit_threshold",

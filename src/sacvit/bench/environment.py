@@ -1,8 +1,7 @@
-"""What benchmark numbers depend on: device, threads, versions, machine load, autocast."""
+"""What benchmark numbers depend on: device, threads, versions, machine load."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 from pathlib import Path
@@ -10,23 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["amp_context", "environment", "loadavg", "resolve_device"]
-
-
-def amp_context(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to ``amp`` on ``device`` (a no-op for ``None``)."""
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available; ``"cuda"`` without CUDA is a ``ValueError``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(name)
+__all__ = ["environment", "loadavg"]
 
 
 def _cpu_name() -> str:

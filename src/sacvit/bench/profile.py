@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .environment import amp_context
-from .timing import sync
+from ..devices import amp_context
+from ..engine.timing import sync
 
 __all__ = ["PART_NAMES", "PartsProfile", "profile_parts", "profile_ops"]
 

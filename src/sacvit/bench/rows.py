@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..report import Column
-from .environment import amp_context
-from .timing import percentile, time_calls
+from ..devices import amp_context
+from ..engine.timing import percentile, time_calls
 
 __all__ = ["COLUMNS", "TABLE", "Row", "measure", "score", "finish"]
 

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from .. import flops, plots
 from ..report import format_table, write_csv, write_json
-from .environment import amp_context, environment, loadavg, resolve_device
+from ..devices import AMP_MODES, amp_context, amp_dtype, resolve_device
+from .environment import environment, loadavg
 from .profile import PartsProfile, profile_ops, profile_parts
 from .rows import COLUMNS, TABLE, Row, finish, measure, score
 from ..model.stages import CompiledSACViT
@@ -98,7 +99,7 @@ class BenchConfig:
             raise ValueError(f"--runtime: unknown {sorted(bad)}; valid: {', '.join(RUNTIMES)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("--threads must be ≥ 1")
-        if self.amp not in ("none", "bf16", "fp16"):
+        if self.amp not in AMP_MODES:
             raise ValueError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.baseline_checkpoint and not self.checkpoint:
             raise ValueError("--baseline-checkpoint needs --checkpoint (the trained SAC-ViT to compare)")
@@ -118,11 +119,11 @@ def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.M
     from ..model.sacvit import SACViT
 
     if cfg.checkpoint:
-        from ..engine.checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(cfg.checkpoint, map_location=device)
-        name = meta.get("model_name", type(model).__name__)
-        twin_kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in ("sac", "checkpoint")}
+        name = meta.model_name
+        twin_kwargs = {k: v for k, v in meta.model_kwargs.items() if k not in ("sac", "checkpoint")}
         if not isinstance(model, SACViT):
             raise ValueError(f"{cfg.checkpoint} holds a {type(model).__name__} ({name}), not a SAC-ViT")
     else:
@@ -138,10 +139,10 @@ def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.M
             raise ValueError(f"--model {name} is not a SAC-ViT variant (try sacvit_deit_small_patch16_224)")
     model = model.to(device).eval()
     if cfg.baseline_checkpoint:
-        from ..engine.checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         base, bmeta = load_checkpoint(cfg.baseline_checkpoint, map_location=device)
-        base_name = bmeta.get("model_name", type(base).__name__)
+        base_name = bmeta.model_name
         if tuple(base.patch_embed.img_size) != tuple(model.patch_embed.img_size):
             raise ValueError(f"{cfg.baseline_checkpoint}: input size {tuple(base.patch_embed.img_size)} "
                              f"differs from the SAC-ViT's {tuple(model.patch_embed.img_size)}")
@@ -247,7 +248,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    amp = amp_dtype(cfg.amp)
     if not cfg.exit_shares and not cfg.thresholds:
         if cfg.checkpoint:
             cfg.thresholds = [0.6, 0.76, 0.9]

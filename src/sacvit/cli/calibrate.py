@@ -55,7 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..engine.calibrate import calibrate, report
+    from ..engine.calibrate import calibrate
+    from ..report import calibration_report
 
     if args.split == "test":
         print("sacvit calibrate: warning: calibrating on the test split makes its results optimistic; "
@@ -64,5 +65,5 @@ def _run(args: argparse.Namespace) -> int:
                        length=args.length, seed=args.seed, budget_gmacs=args.budget_gmacs, max_drop=args.max_drop,
                        reference_top1=args.reference, exit_share=args.exit_share, batch_size=args.batch_size,
                        device=None if args.device == "auto" else args.device, write=not args.dry_run)
-    print(report(result, args.checkpoint, args.out))
+    print(calibration_report(result, args.checkpoint, args.out))
     return 0

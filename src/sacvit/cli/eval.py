@@ -6,9 +6,9 @@ import argparse
 
 from .. import plots
 from ..data import DATASET_NAMES, SPLITS, build_dataset
-from ..engine.checkpoint import load_checkpoint, read_metadata
-from ..engine.evaluate import COLUMNS, DEFAULT_THRESHOLDS, TABLE, evaluate
-from ..report import format_table, write_csv
+from ..io.checkpoint import load_checkpoint, read_metadata
+from ..engine.evaluate import COLUMNS, DEFAULT_THRESHOLDS, evaluate
+from ..report import SWEEP_TABLE, format_table, write_csv
 from .common import HelpFormatter, thresholds
 
 __all__ = ["add_parser"]
@@ -54,22 +54,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _run(args: argparse.Namespace) -> int:
     meta = read_metadata(args.checkpoint)
-    if args.model and meta["model_name"] != args.model:
-        raise ValueError(f"{args.checkpoint} is a checkpoint for model {meta['model_name']!r}, not {args.model!r}")
+    if args.model and meta.model_name != args.model:
+        raise ValueError(f"{args.checkpoint} is a checkpoint for model {meta.model_name!r}, not {args.model!r}")
     if args.baseline:
         read_metadata(args.baseline)
     model, _ = load_checkpoint(args.checkpoint)
     img_size = model.patch_embed.img_size[0]
     dataset = build_dataset(args.data, args.data_dir, args.split, img_size, length=args.length, seed=args.seed)
     device = None if args.device == "auto" else args.device
-    calibrated = meta["sac_config"]["threshold"] if meta.get("calibration") else None
+    calibrated = meta.threshold if meta.calibration else None
     chosen = args.thresholds or sorted({*DEFAULT_THRESHOLDS, *([calibrated] if calibrated is not None else [])})
     rows = evaluate(model, dataset, chosen, args.batch_size, args.baseline, device=device,
                     workers=args.workers, timing_batches=args.timing_batches)
     for r in rows:
-        r["model"] = meta["model_name"] if r["mode"] != "baseline" else r["model"]
-    print(format_table(rows, TABLE))
-    title = f"{meta['model_name']} on {args.data} ({args.split}, {len(dataset)} images)"
+        r["model"] = meta.model_name if r["mode"] != "baseline" else r["model"]
+    print(format_table(rows, SWEEP_TABLE))
+    title = f"{meta.model_name} on {args.data} ({args.split}, {len(dataset)} images)"
     paths = [write_csv(f"{args.out}/results.csv", rows, COLUMNS),
              plots.accuracy_vs_gmacs(rows, f"{args.out}/accuracy_vs_gmacs.png", title, chosen=calibrated),
              plots.per_stage(rows, f"{args.out}/per_stage.png", title)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..standin import StandinRecipe, make_standin
+from ..demo.standin import StandinRecipe, make_standin
 from .common import HelpFormatter
 
 __all__ = ["add_parser"]

@@ -29,14 +29,14 @@ def model_identity(ckpt: Path) -> str:
     """
     import hashlib
 
-    from ..engine.checkpoint import read_metadata
-    from ..standin import sha256
+    from ..io.checkpoint import read_metadata
+    from .standin import sha256
 
     meta = read_metadata(ckpt)
-    if not meta.get("weights_sha256"):
+    if not meta.weights_sha256:
         return sha256(ckpt)
-    sac = {k: v for k, v in (meta.get("sac_config") or {}).items() if k != "threshold"}
-    what = [meta["weights_sha256"], meta["model_name"], meta.get("model_kwargs"), sac]
+    sac = {k: v for k, v in (meta.sac_config.to_dict() if meta.sac_config else {}).items() if k != "threshold"}
+    what = [meta.weights_sha256, meta.model_name, meta.model_kwargs, sac]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -53,7 +53,7 @@ class Evidence:
 
     def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
         """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy)."""
-        from ..engine.checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         path = self._key(ckpt, split, f"stages-{policy or 'own'}")
         if path.is_file():
@@ -68,7 +68,7 @@ class Evidence:
 
     def plain(self, ckpt: Path, split: str) -> np.ndarray:
         """Per-image correctness of a plain ViT checkpoint on ``split``."""
-        from ..engine.checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         path = self._key(ckpt, split, "plain")
         if path.is_file():

@@ -57,10 +57,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Train (or reuse) every compared model, measure, and write the report; returns the summary."""
     from .. import flops, plots
     from ..data import DEFAULT_FMNIST_DIR
-    from ..engine.checkpoint import load_checkpoint
-    from ..engine.evaluate import COLUMNS, TABLE, sweep
-    from ..report import format_table, write_csv, write_json
-    from ..standin import standin_path
+    from ..io.checkpoint import load_checkpoint
+    from ..engine.evaluate import COLUMNS, sweep
+    from ..report import SWEEP_TABLE, format_table, write_csv, write_json
+    from .standin import standin_path
     from . import report
 
     import torch
@@ -100,7 +100,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     rows.append({**plain_row("plain ViT at the EE resolution (56 px)", "ee_res", ee_res_t,
                              flops.vit_gmacs(ee_res_model)), "model": PLAIN_MODEL})
     write_csv(out / "results.csv", rows, COLUMNS)
-    print(format_table(rows, TABLE))
+    print(format_table(rows, SWEEP_TABLE))
     policies = {p: ev.stages(ckpt["sacvit"], "test", policy=p) for p in ("gca", "center", "random")}
 
     summary: dict[str, Any] = {
@@ -256,7 +256,7 @@ def _clusters(cfg: DemoConfig, ckpt: Path, dataset, records, eta: float, path: P
     import torch
 
     from ..data import build_dataset
-    from ..engine.checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
     from ..viz import plot_clusters
 
     exited, _, _ = records.at(eta)
@@ -265,4 +265,4 @@ def _clusters(cfg: DemoConfig, ckpt: Path, dataset, records, eta: float, path: P
     model, meta = load_checkpoint(ckpt)
     images = torch.stack([dataset[i][0] for i in picks])
     plot_clusters(model, images, [raw.raw(int(i)) for i in picks], path, threshold=eta,
-                  labels=[dataset[i][1] for i in picks], class_names=meta["class_names"], ncols=6)
+                  labels=[dataset[i][1] for i in picks], class_names=list(meta.class_names), ncols=6)

@@ -28,9 +28,9 @@ SAC_MODEL, PLAIN_MODEL = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
 def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dict[str, Any] | None = None,
               img_size: int | None = None) -> Path:
     """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint."""
-    from ..engine.checkpoint import read_metadata
+    from ..io.checkpoint import read_metadata
     from ..engine.train import CHECKPOINT, TrainConfig, train
-    from ..engine.train_state import has_checkpoint
+    from ..io.train_state import has_checkpoint
 
     budget = cfg.budget()
     out = Path(cfg.out) / name
@@ -50,7 +50,7 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     resume = ckpt.is_file() or has_checkpoint(out)  # also a run killed within its first epoch
     if resume:
         _check_same_run(out, run)
-    if ckpt.is_file() and read_metadata(ckpt)["epoch"] >= budget.epochs:
+    if ckpt.is_file() and read_metadata(ckpt).epoch >= budget.epochs:
         print(f"reusing {ckpt} ({budget.epochs} epochs; delete the folder to retrain)", flush=True)
         return ckpt
     print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)

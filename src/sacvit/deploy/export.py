@@ -27,31 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..io.export_format import EE_FILE, EE_OUTPUTS, FORMAT, META_FILE, SAC_FILE, SAC_INPUTS, require
 from ..model.stages import EEStage, SACStage, check_stageable, geometry
+from .pretrained import Pretrained
 
-__all__ = ["EE_FILE", "SAC_FILE", "META_FILE", "FORMAT", "EE_OUTPUTS", "SAC_INPUTS", "check_export", "export_onnx",
-           "export_plain", "MissingExtraError", "require"]
-
-FORMAT = "sacvit-onnx/1"
-EE_FILE, SAC_FILE, META_FILE = "ee.onnx", "sac.onnx", "sacvit.json"
-EE_OUTPUTS = ("logits", "confidence", "gca", "window", "tokens", "embed")
-SAC_INPUTS = ("image", "tokens", "embed", "gca", "window")
-
-
-class MissingExtraError(ImportError, ValueError):
-    """An optional dependency is missing (an ``ImportError`` and, for the CLI, a ``ValueError``)."""
-
-
-def require(*modules: str) -> None:
-    """``MissingExtraError`` naming the ``sacvit[onnx]`` extra unless every module imports."""
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise MissingExtraError(f"{name} is not installed ({err}): pip install 'sacvit[onnx]'") from None
-
+__all__ = ["check_export", "export_onnx", "export_plain"]
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names: tuple[str, ...],
             output_names: tuple[str, ...], opset: int | None) -> None:
@@ -64,14 +44,14 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
                           opset_version=opset)
 
 
-def export_onnx(model: nn.Module, out_dir: str | Path, *, class_names: list[str] | None = None,
+def export_onnx(model: nn.Module | Pretrained, out_dir: str | Path, *, class_names: list[str] | None = None,
                 preprocess: dict[str, Any] | None = None, model_name: str | None = None,
                 opset: int | None = None) -> Path:
     """Write ``ee.onnx``, ``sac.onnx`` and ``sacvit.json`` for a window-mode SAC-ViT.
 
     Args:
-        model: the SAC-ViT (e.g. from :func:`~sacvit.deploy.pretrained.from_pretrained`, whose
-            ``class_names``, ``preprocess`` and ``checkpoint_meta`` are used by default).
+        model: the SAC-ViT, or a :class:`~sacvit.deploy.pretrained.Pretrained` (``from_pretrained``)
+            whose class names, preprocessing and calibration record are used by default.
         out_dir: output folder (created).
         class_names, preprocess, model_name: override what the model carries.
         opset: ONNX opset (default: the exporter's).
@@ -83,6 +63,11 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, class_names: list[str]
         ValueError: a model without a static two-graph form (adaptive clustering, random window).
         MissingExtraError: onnx/onnxscript are not installed.
     """
+    meta = model.meta if isinstance(model, Pretrained) else None
+    if isinstance(model, Pretrained):
+        class_names = class_names if class_names is not None else list(model.class_names)
+        preprocess = preprocess if preprocess is not None else model.preprocess
+        model = model.model
     check_stageable(model)
     require("onnx", "onnxscript")
     out = Path(out_dir)
@@ -97,17 +82,15 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, class_names: list[str]
         _, _, gca, window, tokens, embed = ee(x)
         _export(ee, (x,), out / EE_FILE, ("image",), EE_OUTPUTS, opset)
         _export(sac, (x, tokens, embed, gca, window), out / SAC_FILE, SAC_INPUTS, ("logits",), opset)
-    meta = getattr(model, "checkpoint_meta", {}) or {}
-    names = class_names if class_names is not None else getattr(model, "class_names", None)
-    pre = preprocess if preprocess is not None else getattr(model, "preprocess", None)
+    names, pre = class_names, preprocess
     info = {
         "format": FORMAT,
-        "model_name": model_name or meta.get("model_name") or type(model).__name__,
+        "model_name": model_name or (meta.model_name if meta else type(model).__name__),
         "sac_config": model.sac_cfg.to_dict(),
         "geometry": geo.to_dict(),
         "class_names": list(names) if names is not None else [str(i) for i in range(model.num_classes)],
         "preprocess": pre.to_dict() if hasattr(pre, "to_dict") else pre,
-        "calibration": meta.get("calibration"),
+        "calibration": meta.calibration if meta else None,
         "graphs": {"ee": {"file": EE_FILE, "inputs": ["image"], "outputs": list(EE_OUTPUTS)},
                    "sac": {"file": SAC_FILE, "inputs": list(SAC_INPUTS), "outputs": ["logits"]}},
         "torch": torch.__version__,
@@ -130,7 +113,7 @@ def export_plain(model: nn.Module, path: str | Path, opset: int | None = None) -
     return path
 
 
-def check_export(model: nn.Module, out_dir: str | Path, batch: int = 4, tolerance: float = 1e-4) -> str:
+def check_export(model: nn.Module | Pretrained, out_dir: str | Path, batch: int = 4, tolerance: float = 1e-4) -> str:
     """Run the export in onnxruntime next to ``model`` on random images at η = 0 and η > 1.
 
     Returns:
@@ -140,8 +123,9 @@ def check_export(model: nn.Module, out_dir: str | Path, batch: int = 4, toleranc
         ValueError: logits differ by more than ``tolerance`` or stages differ.
     """
     from ..engine.evaluate import SAC_ONLY
-    from ..runtime import OnnxSACViT
+    from ..runtime import OnnxSACViT  # onnxruntime is optional
 
+    model = model.model if isinstance(model, Pretrained) else model
     runtime = OnnxSACViT(out_dir)
     geo = runtime.geometry
     param = next(model.parameters())

@@ -137,10 +137,9 @@ def predict_files(predictor, paths: Sequence[str | Path], *, threshold: float | 
 
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"--top-k and --batch-size must be ≥ 1, got {top_k} and {batch_size}")
-    thr = float(predictor.sac_cfg.threshold if threshold is None else threshold)
+    thr = float(predictor.threshold if threshold is None else threshold)
     if device is None:
-        params = getattr(predictor, "parameters", None)
-        device = next(params()).device if params is not None else "cpu"
+        device = getattr(predictor, "device", "cpu")
     paths = [Path(p) for p in paths]
     bar = tqdm(total=len(paths), desc="predicting", unit="img", leave=False, disable=not sys.stderr.isatty())
     try:

@@ -1,4 +1,10 @@
-"""Rebuild a trained model from its checkpoint alone: weights, class names, η, preprocessing."""
+"""Rebuild a trained model from its checkpoint alone: weights, class names, η, preprocessing.
+
+:func:`from_pretrained` returns a :class:`Pretrained`: the ``nn.Module`` (``.model``) together
+with what its checkpoint says about running it (``.meta``, a
+:class:`~sacvit.io.checkpoint.CheckpointMeta`, and ``.preprocess``). Nothing is attached to the
+module itself; ``Pretrained`` forwards ``predict`` / ``__call__`` to it.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..data.preprocess import Preprocess
-from ..engine.checkpoint import load_checkpoint
+from ..devices import resolve_device
+from ..io.checkpoint import CheckpointMeta, load_checkpoint
+from ..model import Prediction, SACViT
 
-__all__ = ["from_pretrained", "load_predictor", "model_preprocess"]
+__all__ = ["Pretrained", "from_pretrained", "load_predictor", "model_preprocess"]
 
 
-def model_preprocess(model: nn.Module, meta: dict[str, Any]) -> Preprocess:
+def model_preprocess(model: nn.Module, meta: CheckpointMeta) -> Preprocess:
     """The checkpoint's recorded preprocessing; for a checkpoint that records none, the model's timm
     ``pretrained_cfg`` (mean/std 0.5 is taken as the gray Fashion-MNIST family), with a warning."""
-    if meta.get("preprocess"):
-        return Preprocess.from_dict(meta["preprocess"])
+    if meta.preprocess:
+        return Preprocess.from_dict(meta.preprocess)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     gray = set(mean) == {0.5} and set(std) == {0.5}
-    print(f"sacvit: {meta.get('path')} records no preprocessing; using the model's defaults "
+    print(f"sacvit: {meta.path} records no preprocessing; using the model's defaults "
           f"({'gray, mean/std 0.5' if gray else f'mean {mean}, std {std}'})", file=sys.stderr)
     return Preprocess(img_size=int(model.patch_embed.img_size[0]), grayscale=gray,
                       channels=model.patch_embed.proj.in_channels,
@@ -31,40 +39,81 @@ def model_preprocess(model: nn.Module, meta: dict[str, Any]) -> Preprocess:
                       interpolation="bilinear" if gray else cfg.get("interpolation", "bicubic"), mean=mean, std=std)
 
 
-def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a ``sacvit train`` checkpoint, in eval mode, ready for ``predict``.
+class Pretrained:
+    """A trained model with what its checkpoint says about running it.
+
+    Attributes:
+        model: the ``nn.Module`` in eval mode (a :class:`~sacvit.model.SACViT` or a plain timm ViT).
+        meta: the checkpoint's metadata.
+        preprocess: ``preprocess(pil_image)`` is the evaluation tensor of one image.
+    """
+
+    def __init__(self, model: nn.Module, meta: CheckpointMeta, preprocess: Preprocess) -> None:
+        self.model, self.meta, self.preprocess = model.eval(), meta, preprocess
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.meta.class_names
+
+    @property
+    def is_sac(self) -> bool:
+        return isinstance(self.model, SACViT)
+
+    @property
+    def threshold(self) -> float | None:
+        """The default exit threshold η (the calibrated one after ``sacvit calibrate``)."""
+        return self.model.sac_cfg.threshold if self.is_sac else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "Pretrained":
+        self.model.to(resolve_device(device))
+        return self
+
+    def predict(self, x: Tensor, threshold: float | None = None) -> Prediction:
+        """:meth:`SACViT.predict <sacvit.model.SACViT.predict>` on a batch of preprocessed images."""
+        if not self.is_sac:
+            raise ValueError(f"{self.meta.path} holds a plain ViT ({self.meta.model_name}): it has no early exit; "
+                             f"call it on a batch for logits")
+        return self.model.predict(x, threshold)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.model(x)
+
+    def __repr__(self) -> str:
+        return (f"Pretrained({self.meta.model_name}, {len(self.class_names)} classes, η={self.threshold}, "
+                f"from {self.meta.path})")
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """The model of a ``sacvit train`` checkpoint, ready for ``predict``.
 
     Everything comes from the checkpoint: the timm model name and keyword arguments, the SAC-ViT
     configuration with its default exit threshold η (the calibrated one after ``sacvit
-    calibrate``), the class names and the evaluation preprocessing.
+    calibrate``), the class names and the evaluation preprocessing. The module's timm
+    ``pretrained_cfg`` is set to the same input size, crop, interpolation, mean and std, so
+    ``timm.data.resolve_data_config(model=p.model)`` agrees.
 
     Args:
         path: a ``.safetensors`` checkpoint written by ``sacvit train`` (or ``save_checkpoint``).
-        device: where to put the model.
-
-    Returns:
-        The model, with three more attributes: ``class_names`` (list of str), ``preprocess``
-        (a :class:`~sacvit.data.preprocess.Preprocess`: ``model.preprocess(pil_image)`` is the
-        evaluation tensor of one image) and ``checkpoint_meta`` (the decoded metadata). timm's
-        ``pretrained_cfg`` carries the same input size, crop, interpolation, mean and std, so
-        ``timm.data.resolve_data_config(model=model)`` agrees.
+        device: where to put the model (``"auto"``: CUDA when available).
 
     Raises:
         FileNotFoundError, ValueError: a missing or unusable checkpoint (one-line messages).
     """
-    model, meta = load_checkpoint(path, map_location=device)
+    model, meta = load_checkpoint(path, map_location=resolve_device(device))
     pre = model_preprocess(model, meta)
-    model.class_names = list(meta["class_names"])
-    model.preprocess = pre
-    model.checkpoint_meta = meta
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     cfg.update(input_size=(pre.channels, pre.img_size, pre.img_size), crop_pct=pre.crop_pct,
-               interpolation=pre.interpolation, mean=pre.mean, std=pre.std, num_classes=len(model.class_names))
-    model.pretrained_cfg = cfg
-    return model.eval()
+               interpolation=pre.interpolation, mean=pre.mean, std=pre.std, num_classes=len(meta.class_names))
+    model.pretrained_cfg = cfg  # timm's own attribute
+    return Pretrained(model, meta, pre)
 
 
-def load_predictor(checkpoint: str | Path | None = None, onnx: str | Path | None = None, device: str = "cpu"):
+def load_predictor(checkpoint: str | Path | None = None, onnx: str | Path | None = None, device: str = "cpu") -> Any:
     """A SAC-ViT predictor from a checkpoint (:func:`from_pretrained`) or an ONNX export folder
     (:class:`~sacvit.runtime.OnnxSACViT`); ``device`` ``"auto"`` picks CUDA when available.
 
@@ -74,13 +123,10 @@ def load_predictor(checkpoint: str | Path | None = None, onnx: str | Path | None
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give exactly one of a checkpoint and an ONNX export folder")
     if onnx is not None:
-        from ..runtime import OnnxSACViT
+        from ..runtime import OnnxSACViT  # onnxruntime is an optional dependency
 
         return OnnxSACViT(onnx)
-    from ..bench.environment import resolve_device
-    from ..model import SACViT
-
-    model = from_pretrained(checkpoint, device=resolve_device(device))
-    if not isinstance(model, SACViT):
-        raise ValueError(f"{checkpoint} holds a plain ViT ({model.checkpoint_meta['model_name']}), not a SAC-ViT")
-    return model
+    pretrained = from_pretrained(checkpoint, device=device)
+    if not pretrained.is_sac:
+        raise ValueError(f"{checkpoint} holds a plain ViT ({pretrained.meta.model_name}), not a SAC-ViT")
+    return pretrained

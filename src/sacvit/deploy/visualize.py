@@ -10,17 +10,20 @@ import torch
 
 from .. import viz
 from .predict import Result, load_images
+from .pretrained import Pretrained
 
 __all__ = ["panels", "visualize_files"]
 
 
 @torch.no_grad()
-def panels(model, x: torch.Tensor, titles: Sequence[str], threshold: float | None = None) -> list[viz.Panel]:
-    """One :class:`~sacvit.viz.Panel` per image of the batch ``x`` (``model`` from ``from_pretrained``).
+def panels(pretrained: Pretrained, x: torch.Tensor, titles: Sequence[str],
+           threshold: float | None = None) -> list[viz.Panel]:
+    """One :class:`~sacvit.viz.Panel` per image of the batch ``x`` (``pretrained`` from ``from_pretrained``).
 
     The window and clusters are the ones ``predict`` uses; an image that exits at EE gets the window
     the SAC stage would have used (drawn dashed).
     """
+    model = pretrained.model
     thr = model.sac_cfg.threshold if threshold is None else float(threshold)
     pred = model.predict(x, thr)
     ee = model.forward_ee(x)
@@ -36,18 +39,18 @@ def panels(model, x: torch.Tensor, titles: Sequence[str], threshold: float | Non
         boxes[idx.cpu()] = c.box.cpu()
     p_ee = ee.logits.float().softmax(-1).cpu()
     p_final = pred.logits.float().softmax(-1).cpu()
-    names = model.class_names
+    names = pretrained.class_names
     out = []
     for i in range(B):
         ce, cf = int(p_ee[i].argmax()), int(p_final[i].argmax())
-        out.append(viz.Panel(image=model.preprocess.denormalize(x[i]), gca=ee.gca[i].float().cpu().numpy(),
+        out.append(viz.Panel(image=pretrained.preprocess.denormalize(x[i]), gca=ee.gca[i].float().cpu().numpy(),
                              target=target[i].view(h, w).numpy(), box=tuple(int(v) for v in boxes[i]),
                              ee=(names[ce], float(p_ee[i, ce])), final=(names[cf], float(p_final[i, cf])),
                              exited=int(pred.stage[i]) == 0, title=titles[i]))
     return out
 
 
-def visualize_files(model, paths: Sequence[str | Path], out_dir: str | Path, *, grid: bool = False,
+def visualize_files(model: Pretrained, paths: Sequence[str | Path], out_dir: str | Path, *, grid: bool = False,
                     per_row: int = 2, threshold: float | None = None, batch_size: int = 16
                     ) -> tuple[list[Path], list[Result]]:
     """Write a Figure-5 PNG per readable image (or one sheet with ``grid``) under ``out_dir``.
@@ -58,8 +61,8 @@ def visualize_files(model, paths: Sequence[str | Path], out_dir: str | Path, *, 
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    device = next(model.parameters()).device
-    thr = model.sac_cfg.threshold if threshold is None else float(threshold)
+    device = model.device
+    thr = model.threshold if threshold is None else float(threshold)
     paths = [Path(p) for p in paths]
     pngs: list[Path] = []
     failed: list[Result] = []

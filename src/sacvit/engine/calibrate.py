@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..report import Column
 from .evaluate import SAC_ONLY, StageRecords
 
-__all__ = ["CURVE_TABLE", "Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold", "report",
+__all__ = ["Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold",
            "calibration_record", "store_threshold"]
 
 
@@ -168,10 +167,10 @@ def calibration_record(choice: Choice, budget: dict[str, Any], **source: Any) ->
 def store_threshold(checkpoint, choice: Choice, record: dict[str, Any]) -> bool:
     """Make ``choice.threshold`` the checkpoint's default η with ``record`` as its calibration record
     (atomic rewrite, weights verified); ``False`` when the checkpoint already holds both."""
-    from .checkpoint import read_metadata, update_metadata
+    from ..io.checkpoint import read_metadata, update_metadata
 
     meta = read_metadata(checkpoint)
-    if (meta["sac_config"] or {}).get("threshold") == choice.threshold and meta.get("calibration") == record:
+    if meta.threshold == choice.threshold and meta.calibration == record:
         return False
     update_metadata(checkpoint, threshold=choice.threshold, calibration=record)
     return True
@@ -203,12 +202,12 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
     """
     from ..data import build_dataset
     from ..model import SACViT
-    from .checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
     from .evaluate import collect
 
     model, meta = load_checkpoint(checkpoint)
     if not isinstance(model, SACViT):
-        raise ValueError(f"{checkpoint} holds a plain ViT ({meta['model_name']}): only a SAC-ViT has an exit threshold")
+        raise ValueError(f"{checkpoint} holds a plain ViT ({meta.model_name}): only a SAC-ViT has an exit threshold")
     if sum(v is not None for v in (budget_gmacs, max_drop, exit_share)) != 1:
         raise ValueError("give exactly one budget: --budget-gmacs, --max-drop or --exit-share")
     source = {"data": data, "split": split, "seed": seed, "length": length}
@@ -228,30 +227,3 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
     if write:
         store_threshold(checkpoint, choice, record)
     return Calibration(choice=choice, curve=curve(records), records=records, record=record, written=write)
-
-
-#: The curve table ``sacvit calibrate`` prints.
-CURVE_TABLE = (Column("η", "threshold", "{:.4f}"), Column("exit @ EE", "exit_share", "{:.1%}"),
-               Column("top-1 %", "top1", "{:.2f}"), Column("GMACs/img", "gmacs", "{:.4f}"), Column("", "chosen"))
-
-
-def report(result: Calibration, checkpoint, out=None) -> str:
-    """The text ``sacvit calibrate`` prints; with ``out``, also the whole curve as CSV and a plot."""
-    from .. import plots
-    from ..report import format_table, write_csv
-
-    c, ch = result.curve, result.choice
-    lines = [f"curve on {ch.images} held-out images ({len(c.threshold)} operating points; a sample):",
-             format_table(curve_rows(c, chosen=ch.threshold), CURVE_TABLE, left=0),
-             f"chosen: η = {ch.threshold:.6g} ({ch.criterion}): top-1 {ch.top1:.2f}%, {ch.gmacs:.4f} GMACs/image, "
-             f"{ch.exit_share:.1%} exit at EE",
-             f"stored in {checkpoint}" if result.written else "dry run: the checkpoint is unchanged"]
-    if out is not None:
-        rows = [{"threshold": float(t), "exit_share": float(e), "top1": float(a), "gmacs": float(g)}
-                for t, e, a, g in zip(c.threshold, c.exit_share, c.top1, c.gmacs)]
-        csv = write_csv(f"{out}/calibration.csv", rows, ("threshold", "exit_share", "top1", "gmacs"))
-        sweep = [result.records.row(r["threshold"]) for r in curve_rows(c, points=21, chosen=ch.threshold)]
-        png = plots.accuracy_vs_gmacs(sweep, f"{out}/calibration.png", f"calibration on {ch.images} images",
-                                      chosen=ch.threshold)
-        lines.append(f"wrote {csv}  {png}")
-    return "\n".join(lines)

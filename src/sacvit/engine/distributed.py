@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..devices import resolve_device
+
 __all__ = ["Dist", "setup", "teardown", "all_mean", "rng_state", "set_rng_state", "seed_everything"]
 
 
@@ -45,12 +47,8 @@ def setup(device: str = "auto", threads: int | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
-    dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    dev = resolve_device(device, index=local_rank)
+    cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.set_device(dev)
     if threads:

@@ -21,13 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import flops
-from ..bench.timing import throughput
-from ..report import Column
+from ..devices import resolve_device
+from .timing import throughput
 from ..stats import wilson_interval
-from .checkpoint import load_checkpoint
+from ..io.checkpoint import load_checkpoint
 
 __all__ = ["StageRecords", "collect", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
-           "DEFAULT_THRESHOLDS", "TABLE", "baseline_row", "with_interval"]
+           "DEFAULT_THRESHOLDS", "baseline_row"]
 
 SAC_ONLY = 1.01  # above any softmax probability: every image goes through SAC
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.76, 0.8, 0.9, 0.95)
@@ -84,15 +84,11 @@ class StageRecords:
             return cls(**{k: f[k] for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")})
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _load(model: nn.Module | str | Path, device: torch.device) -> tuple[nn.Module, str]:
     if isinstance(model, nn.Module):
         return model.to(device).eval(), type(model).__name__
     net, meta = load_checkpoint(model, map_location=device)
-    return net, meta["model_name"]
+    return net, meta.model_name
 
 
 def _batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device, desc: str):
@@ -107,7 +103,7 @@ def _batches(dataset: Dataset, batch_size: int, workers: int, device: torch.devi
 def collect(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device | None = None,
             workers: int = 0) -> StageRecords:
     """Both stages' predictions of a SAC-ViT for every image of ``dataset`` (one pass)."""
-    device = _device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in StageRecords.__dataclass_fields__}
     for x, y in _batches(dataset, batch_size, workers, device, "evaluating"):
@@ -124,7 +120,7 @@ def collect(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: st
 def plain_correct(model: nn.Module, dataset: Dataset, batch_size: int = 64,
                   device: str | torch.device | None = None, workers: int = 0) -> np.ndarray:
     """``(N,)`` bool: is a plain classifier right on each image of ``dataset``."""
-    device = _device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     out = [model(x).argmax(-1) == y for x, y in _batches(dataset, batch_size, workers, device, "baseline")]
     return torch.cat(out).cpu().numpy()
@@ -179,7 +175,7 @@ def evaluate(
     """
     from ..model import SACViT
 
-    device = _device(device)
+    device = resolve_device(device)
     model, name = _load(checkpoint_or_model, device)
     if not isinstance(model, SACViT):
         raise ValueError(f"{checkpoint_or_model} is not a SAC-ViT ({name}); pass plain ViTs as the baseline")
@@ -200,17 +196,3 @@ def evaluate(
         row["img_per_s"] = throughput(net, timing, device) if timing_batches else None
         rows.append(row)
     return rows
-
-
-def with_interval(row: dict[str, Any]) -> str:
-    """``"top1 [low, high]"`` of a row, for tables."""
-    if row.get("top1_low") is None:
-        return f"{row['top1']:.2f}"
-    return f"{row['top1']:.2f} [{row['top1_low']:.1f}, {row['top1_high']:.1f}]"
-
-
-#: The table ``sacvit eval`` prints.
-TABLE = (Column("", "label"), Column("η", "threshold", "{:g}"), Column("top-1 % [95% CI]", "top1", with_interval),
-         Column("exit @ EE", "exit_share", "{:.1%}"), Column("top-1 exited", "top1_exited", "{:.2f}"),
-         Column("top-1 SAC", "top1_sac", "{:.2f}"), Column("GMACs/img", "gmacs", "{:.4f}"),
-         Column("img/s", "img_per_s", "{:.1f}"))

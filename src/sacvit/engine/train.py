@@ -50,8 +50,10 @@ from ..data.preprocess import preprocess_for
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
 from .logs import append_json, restore_logs
 from .loss import cross_entropy, sac_loss
-from .train_state import (Checkpointer, ResumableSampler, check_resumed_sac, resume_or_start, save_everywhere,
-                          shared_state)
+from ..io.checkpoint import CheckpointMeta, DataSpec
+from ..io.train_state import Checkpointer
+from .resume import (ResumableSampler, check_resumed_sac, rank_state, resume_epoch, resume_or_start, save_everywhere,
+                     shared_state)
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 
@@ -315,10 +317,10 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         seed_everything(cfg.seed + d.rank)  # rank 0 = the single-process initialisation; DDP broadcasts it
         if snap is not None:
             model, meta, state = snap.model, snap.meta, snap.state
-            if meta["class_names"] != classes:
-                raise ValueError(f"{snap.folder} was trained on classes {meta['class_names'][:5]}…, "
+            if list(meta.class_names) != classes:
+                raise ValueError(f"{snap.folder} was trained on classes {list(meta.class_names)[:5]}…, "
                                  f"the data has {classes[:5]}…")
-            model_kwargs, start_epoch = meta["model_kwargs"], snap.epoch
+            model_kwargs, start_epoch = meta.model_kwargs, snap.epoch
             if d.main:
                 restore_logs(out, state["history"], state["step"])
         else:
@@ -358,8 +360,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             history, step = list(state["history"]), state["step"]
-            if snap.rank_state(d) is not None:
-                set_rng_state(snap.rank_state(d)["rng"])
+            if rank_state(snap, d) is not None:
+                set_rng_state(rank_state(snap, d)["rng"])
             else:
                 seed_everything(cfg.seed + d.rank + 1000 * start_epoch)
         mixup = None
@@ -377,8 +379,12 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         train_loader = DataLoader(train_set, batch_size=per_rank, sampler=batches, drop_last=True, **loader_args)
         val_loader = DataLoader(Subset(val_set, range(d.rank, len(val_set), d.world)), batch_size=per_rank, **loader_args)
 
-        saver = Checkpointer(out, model_name=cfg.model, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=classes,
-                             preprocess=preprocess_for(cfg.data, img_size).to_dict(), good=snap.folder.name if snap is not None and snap.folder != out else None) if d.main else None
+        meta = CheckpointMeta(model_name=cfg.model, model_kwargs=model_kwargs, sac_config=sac_cfg, class_names=classes,
+                              preprocess=preprocess_for(cfg.data, img_size).to_dict(),
+                              data=DataSpec(name=cfg.data, folder=cfg.data_dir, seed=cfg.seed, holdout=cfg.holdout,
+                                            image_size=img_size))
+        good = snap.folder.name if snap is not None and snap.folder != out else None
+        saver = Checkpointer(out, meta, good=good) if d.main else None
         if saver is not None and snap is not None and snap.folder != out and snap.batch == 0:
             saver.redeploy(snap.folder)  # a kill between the commit and the copy to last.safetensors
         last_save, in_row = time.monotonic(), 0
@@ -388,7 +394,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
             loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
             batches.skip, nonfinite = 0, 0
             if epoch == start_epoch and snap is not None and snap.batch > 0:  # an interrupted epoch
-                partial, nonfinite = snap.resume_epoch(batches, per_rank, d)
+                partial, nonfinite = resume_epoch(snap, batches, per_rank, d)
                 loss_sum += partial
             first = batches.skip // per_rank
             epoch_rng = rng_state()

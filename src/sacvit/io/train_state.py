@@ -25,39 +25,22 @@ write (a full disk) removes the partial folder, keeps the previous checkpoint an
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import itertools
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError
 from torch import nn
-from torch.utils.data import Sampler
 
-from ..config import SACConfig
-from .checkpoint import (
-    CheckpointError,
-    atomic_write,
-    fsync_dir,
-    load_checkpoint,
-    load_training_state,
-    read_metadata,
-    save_checkpoint,
-    sha256_file,
-    state_path,
-)
-from .distributed import Dist, set_rng_state
+from .checkpoint import (CheckpointError, CheckpointMeta, CheckpointNotFoundError, atomic_write, fsync_dir,
+                         load_checkpoint, read_metadata, save_checkpoint, sha256_file)
 
-__all__ = ["CheckpointWriteError", "Checkpointer", "ResumableSampler", "Snapshot", "TRAIN_FORMAT", "has_checkpoint",
-           "load_latest", "resume_or_start", "save_everywhere", "shared_state", "verify"]
+__all__ = ["CheckpointWriteError", "Checkpointer", "Snapshot", "TRAIN_FORMAT", "has_checkpoint", "load_latest",
+           "verify", "DEPLOYED"]
 
 TRAIN_FORMAT = "sacvit-train-checkpoint/1"
 FOLDER, POINTER, MANIFEST, STATE = "checkpoints", "latest", "manifest.json", "state.pt"
@@ -85,9 +68,9 @@ class Snapshot:
     """A verified training checkpoint, loaded.
 
     Attributes:
-        folder: the checkpoint folder (or the run folder for a sacvit 0.1 checkpoint pair).
+        folder: the checkpoint folder.
         model: the model with the trained (not EMA) weights, on the CPU.
-        meta: the checkpoint metadata (:func:`~.checkpoint.read_metadata`).
+        meta: the checkpoint metadata.
         ema: the EMA weights, or ``None``.
         state: what ``state.pt`` holds (optimizer, scheduler, scaler, rng, epoch_rng, loss_sum,
             nonfinite, history, step, world_size).
@@ -97,36 +80,11 @@ class Snapshot:
 
     folder: Path
     model: nn.Module
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     ema: dict[str, torch.Tensor] | None
     state: dict[str, Any]
     epoch: int
     batch: int
-
-    def rank_state(self, d: Dist) -> dict[str, Any] | None:
-        """This rank's own saved state (``rng``, ``epoch_rng``, ``loss_sum``), or ``None`` when the
-        checkpoint was written by another number of processes."""
-        ranks = self.state.get("ranks") or []
-        return ranks[d.rank] if self.state.get("world_size") == d.world and len(ranks) == d.world else None
-
-    def resume_epoch(self, sampler: "ResumableSampler", per_rank: int, d: Dist) -> tuple[Any, int]:
-        """Set up the interrupted epoch: skip its finished batches; restore the RNG of the epoch's
-        start (the DataLoader draws its seeds from it), then, as the first batch is loaded, the
-        RNG of the checkpoint.
-
-        Returns:
-            This rank's loss sum over the finished batches (the mean of all ranks' sums for
-            another number of processes) and the number of non-finite steps so far.
-        """
-        sampler.skip = per_rank * self.batch
-        own, nonfinite = self.rank_state(d), self.state.get("nonfinite", 0)
-        if own is None:
-            sums = [r["loss_sum"] for r in self.state["ranks"]]
-            return sum(sums) / len(sums), nonfinite
-        if own["epoch_rng"] is not None:
-            set_rng_state(own["epoch_rng"])
-        sampler.on_start = functools.partial(set_rng_state, own["rng"])
-        return own["loss_sum"], nonfinite
 
 
 def _name(step: int) -> str:
@@ -134,10 +92,9 @@ def _name(step: int) -> str:
 
 
 def has_checkpoint(out: str | Path) -> bool:
-    """Whether ``out`` holds a training checkpoint to resume from (or a sacvit 0.1 pair)."""
+    """Whether ``out`` holds a training checkpoint to resume from."""
     out = Path(out)
-    return (out / FOLDER / POINTER).is_file() or any((out / FOLDER).glob("step-*")) or \
-        state_path(out / DEPLOYED).is_file()
+    return (out / FOLDER / POINTER).is_file() or any((out / FOLDER).glob("step-*"))
 
 
 class Checkpointer:
@@ -145,16 +102,14 @@ class Checkpointer:
 
     Args:
         out: the run folder.
-        model_name, model_kwargs, sac_cfg, class_names, preprocess: the metadata of the weights files.
+        meta: the metadata of the weights files (``epoch`` and ``metrics`` are set at each save).
         good: the folder name of the checkpoint resumed from (kept as the previous good one).
     """
 
-    def __init__(self, out: Path, *, model_name: str, model_kwargs: dict[str, Any], sac_cfg: Any,
-                 class_names: list[str], preprocess: dict[str, Any] | None = None, good: str | None = None) -> None:
+    def __init__(self, out: Path, meta: CheckpointMeta, good: str | None = None) -> None:
         self.root = Path(out) / FOLDER
         self.out = Path(out)
-        self.meta = dict(model_name=model_name, model_kwargs=model_kwargs, sac_cfg=sac_cfg, class_names=class_names,
-                         preprocess=preprocess)
+        self.meta = meta
         self.good = good
 
     def save(self, model: nn.Module, ema: nn.Module | None, state: dict[str, Any], *, step: int, epoch: int,
@@ -176,13 +131,13 @@ class Checkpointer:
         name = _name(step)
         tmp = self.root / f".tmp-{name}-{os.getpid()}"
         final = self.root / name
-        meta = dict(self.meta, epoch=epoch, extra_metrics=record or {})
+        meta = self.meta.replace(epoch=epoch, metrics=record or {})
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_checkpoint(tmp / "model.safetensors", model, **meta)
+            save_checkpoint(tmp / "model.safetensors", model, meta)
             if ema is not None:
-                save_checkpoint(tmp / "ema.safetensors", ema, **meta)
+                save_checkpoint(tmp / "ema.safetensors", ema, meta)
             atomic_write(tmp / STATE, lambda path: torch.save({"format": TRAIN_FORMAT, **state}, path))
             files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
             manifest = {"format": TRAIN_FORMAT, "step": step, "epoch": epoch, "batch": batch, "files": files,
@@ -217,7 +172,7 @@ class Checkpointer:
         """
         source = folder / json.loads((folder / MANIFEST).read_text())["deployed"]
         try:
-            if read_metadata(self.out / DEPLOYED)["weights_sha256"] == read_metadata(source)["weights_sha256"]:
+            if read_metadata(self.out / DEPLOYED).weights_sha256 == read_metadata(source).weights_sha256:
                 return
         except ValueError:  # missing or unreadable: write it
             pass
@@ -280,25 +235,6 @@ def _load(folder: Path, expected_model: str | None) -> Snapshot:
     return Snapshot(folder, model, meta, ema, _read_state(folder / STATE), manifest["epoch"], manifest["batch"])
 
 
-def _legacy(out: Path, expected_model: str | None) -> Snapshot:
-    """A sacvit 0.1 run: ``last.safetensors`` (EMA weights with EMA) + ``last.state.pt``."""
-    path = out / DEPLOYED
-    model, meta = load_checkpoint(path, expected_model=expected_model)
-    state = load_training_state(path)
-    ema = None
-    if state.get("model") is not None:
-        ema = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(state["model"])
-    metrics = out / "metrics.jsonl"
-    history = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["epoch"] <= meta["epoch"]] \
-        if metrics.is_file() else []
-    if meta["metrics"] and (not history or history[-1]["epoch"] < meta["epoch"]):
-        history.append(meta["metrics"])
-    ranks = [{"rng": rng, "epoch_rng": None, "loss_sum": None} for rng in state.get("rng", [])]
-    state.update(history=history, ranks=ranks, nonfinite=0)
-    return Snapshot(out, model, meta, ema, state, meta["epoch"], 0)
-
-
 def load_latest(out: str | Path, expected_model: str | None = None,
                 say: Callable[[str], None] = print) -> Snapshot:
     """Load the newest good training checkpoint of run folder ``out``.
@@ -311,8 +247,6 @@ def load_latest(out: str | Path, expected_model: str | None = None,
         CheckpointError: every checkpoint is damaged (each one's reason in the message).
         ValueError: a checkpoint for another model than ``expected_model``.
     """
-    from .checkpoint import CheckpointNotFoundError
-
     out = Path(out)
     root = out / FOLDER
     names = sorted((p.name for p in root.glob("step-*") if p.is_dir()), reverse=True) if root.is_dir() else []
@@ -324,8 +258,6 @@ def load_latest(out: str | Path, expected_model: str | None = None,
         names.remove(latest)
         names.insert(0, latest)
     if not names:
-        if state_path(out / DEPLOYED).is_file():
-            return _legacy(out, expected_model)
         raise CheckpointNotFoundError(f"nothing to resume: no checkpoint in {root}")
     refused = []
     for name in names:
@@ -340,87 +272,3 @@ def load_latest(out: str | Path, expected_model: str | None = None,
     raise CheckpointError(f"no usable checkpoint in {root}: " + "; ".join(refused))
 
 
-# ---------------------------------------------------------------------------------------- in the training loop
-def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapshot | None:
-    """The checkpoint to continue from: with ``resume``, or by itself after a torchrun restart.
-
-    Raises:
-        ValueError: a fresh run (no ``resume``, no restart) into a folder that holds a run.
-    """
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if resume or (restart and has_checkpoint(out)):
-        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
-        snap = load_latest(out, expected_model=model_name, say=say)
-        if restart:
-            say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
-                f"(epoch {snap.epoch + 1}, batch {snap.batch})")
-        return snap
-    if not restart and ((out / DEPLOYED).is_file() or (out / "metrics.jsonl").is_file() or has_checkpoint(out)):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
-    return None
-
-
-def shared_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, step: int, d: Dist,
-                 history: list[dict[str, Any]], nonfinite: int) -> dict[str, Any]:
-    """The part of a checkpoint's training state that is the same on every rank."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world_size": d.world,
-            "history": list(history), "nonfinite": nonfinite}
-
-
-def save_everywhere(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: nn.Module | None,
-                    shared: dict[str, Any], local: dict[str, Any], **position: Any) -> None:
-    """Called by every rank: gathers each rank's own state (RNG, partial loss), rank 0 writes.
-
-    Raises:
-        CheckpointWriteError: on every rank when rank 0 could not write (so that none hangs).
-    """
-    ranks = [local] * d.world
-    if d.world > 1:
-        dist.all_gather_object(ranks, local)
-    error = [None]
-    if d.main:
-        try:
-            saver.save(model, ema, {**shared, "ranks": ranks}, **position)
-        except CheckpointWriteError as err:
-            error = [str(err)]
-    if d.world > 1:
-        dist.broadcast_object_list(error, src=0)
-    if error[0] is not None:
-        raise CheckpointWriteError(error[0])
-
-
-class ResumableSampler(Sampler):
-    """A sampler that leaves out the first ``skip`` indices of its sampler's order (mid-epoch resume).
-
-    ``on_start``, when set, is called once when an iteration begins: after the DataLoader iterator
-    has drawn its base seed from the global RNG and before the first sample is loaded — where a
-    resumed epoch restores the RNG state of its checkpoint.
-    """
-
-    def __init__(self, sampler: Sampler) -> None:
-        self.sampler, self.skip, self.on_start = sampler, 0, None
-
-    def __iter__(self):
-        if self.on_start is not None:
-            self.on_start, start = None, self.on_start
-            start()
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.skip
-
-
-def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], select_after: float | None, ckpt: Path) -> None:
-    """On resume the checkpoint defines the model: ``--sac`` (``sac``) may only repeat its values.
-
-    ``--select-after`` only affects training, so a new value is applied to ``sac_cfg``.
-
-    Raises:
-        ValueError: ``sac`` changes the SAC configuration of checkpoint ``ckpt``.
-    """
-    wanted = SACConfig.from_dict({**sac_cfg.to_dict(), **sac})
-    if dataclasses.replace(wanted, select_after=sac_cfg.select_after) != sac_cfg:
-        changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
-        raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
-    sac_cfg.select_after = select_after if select_after is not None else wanted.select_after

@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .demo.config import Recipe
-from .engine.checkpoint import sha256_file
+from ..engine.train import CHECKPOINT, TrainConfig, train
+from ..io.checkpoint import read_metadata, sha256_file
+from ..io.train_state import has_checkpoint
+from .config import Recipe
 
 __all__ = ["StandinRecipe", "ASSET", "RECORD", "standin_path", "sha256", "make_standin"]
 
-ASSET = Path(__file__).parent / "assets" / "standin.safetensors"
+ASSET = Path(__file__).parent.parent / "assets" / "standin.safetensors"
 RECORD = ASSET.with_suffix(".json")
 
 
@@ -45,7 +47,7 @@ class StandinRecipe:
         return {"model": self.model, "data": self.data, "epochs": self.epochs, "seed": self.seed, **optim}
 
 
-sha256 = sha256_file  # hex SHA-256 of a file (the one implementation, in engine.checkpoint)
+sha256 = sha256_file  # hex SHA-256 of a file (the one implementation, in io.checkpoint)
 
 
 def standin_path(path: str | Path | None = None) -> Path:
@@ -85,10 +87,6 @@ def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_
     Returns:
         The written ``standin.safetensors``.
     """
-    from .engine.checkpoint import read_metadata
-    from .engine.train import CHECKPOINT, TrainConfig, train
-    from .engine.train_state import has_checkpoint
-
     recipe = recipe or StandinRecipe()
     out = Path(out_dir)
     run = out / "train"
@@ -97,7 +95,7 @@ def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_
     fields = {**recipe.train_fields(), "data_dir": data_dir, "out_dir": str(run), "resume": resume,
               "cache_dir": str(out / "cache"), **overrides}
     ckpt = run / CHECKPOINT
-    if not (ckpt.is_file() and read_metadata(ckpt)["epoch"] >= recipe.epochs):
+    if not (ckpt.is_file() and read_metadata(ckpt).epoch >= recipe.epochs):
         ckpt = train(TrainConfig(**fields))
     weights = out / "standin.safetensors"
     shutil.copyfile(ckpt, weights)

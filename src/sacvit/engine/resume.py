@@ -1,0 +1,138 @@
+"""Resuming a run inside the training loop: which checkpoint, each rank's state, the sampler position.
+
+The checkpoint files themselves are :mod:`sacvit.io.train_state`'s; this module is the loop's side
+of them (process ranks, RNG states, the mid-epoch sampler skip), kept next to the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+from ..config import SACConfig
+from ..io.train_state import DEPLOYED, Checkpointer, CheckpointWriteError, Snapshot, has_checkpoint, load_latest
+from .distributed import Dist, set_rng_state
+
+__all__ = ["ResumableSampler", "check_resumed_sac", "rank_state", "resume_epoch", "resume_or_start",
+           "save_everywhere", "shared_state"]
+
+
+def rank_state(snap: Snapshot, d: Dist) -> dict[str, Any] | None:
+    """``snap``'s state of this rank's own (``rng``, ``epoch_rng``, ``loss_sum``), or ``None`` when the
+    checkpoint was written by another number of processes."""
+    ranks = snap.state.get("ranks") or []
+    return ranks[d.rank] if snap.state.get("world_size") == d.world and len(ranks) == d.world else None
+
+def resume_epoch(snap: Snapshot, sampler: "ResumableSampler", per_rank: int, d: Dist) -> tuple[Any, int]:
+    """Set up the interrupted epoch of ``snap``: skip its finished batches; restore the RNG of the epoch's
+    start (the DataLoader draws its seeds from it), then, as the first batch is loaded, the
+    RNG of the checkpoint.
+
+    Returns:
+        This rank's loss sum over the finished batches (the mean of all ranks' sums for
+        another number of processes) and the number of non-finite steps so far.
+    """
+    sampler.skip = per_rank * snap.batch
+    own, nonfinite = rank_state(snap, d), snap.state.get("nonfinite", 0)
+    if own is None:
+        sums = [r["loss_sum"] for r in snap.state["ranks"]]
+        return sum(sums) / len(sums), nonfinite
+    if own["epoch_rng"] is not None:
+        set_rng_state(own["epoch_rng"])
+    sampler.on_start = functools.partial(set_rng_state, own["rng"])
+    return own["loss_sum"], nonfinite
+
+
+def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapshot | None:
+    """The checkpoint to continue from: with ``resume``, or by itself after a torchrun restart.
+
+    Raises:
+        ValueError: a fresh run (no ``resume``, no restart) into a folder that holds a run.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if resume or (restart and has_checkpoint(out)):
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if d.main else (lambda msg: None)
+        snap = load_latest(out, expected_model=model_name, say=say)
+        if restart:
+            say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
+                f"(epoch {snap.epoch + 1}, batch {snap.batch})")
+        return snap
+    if not restart and ((out / DEPLOYED).is_file() or (out / "metrics.jsonl").is_file() or has_checkpoint(out)):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
+    return None
+
+
+def shared_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, step: int, d: Dist,
+                 history: list[dict[str, Any]], nonfinite: int) -> dict[str, Any]:
+    """The part of a checkpoint's training state that is the same on every rank."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world_size": d.world,
+            "history": list(history), "nonfinite": nonfinite}
+
+
+def save_everywhere(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: nn.Module | None,
+                    shared: dict[str, Any], local: dict[str, Any], **position: Any) -> None:
+    """Called by every rank: gathers each rank's own state (RNG, partial loss), rank 0 writes.
+
+    Raises:
+        CheckpointWriteError: on every rank when rank 0 could not write (so that none hangs).
+    """
+    ranks = [local] * d.world
+    if d.world > 1:
+        dist.all_gather_object(ranks, local)
+    error = [None]
+    if d.main:
+        try:
+            saver.save(model, ema, {**shared, "ranks": ranks}, **position)
+        except CheckpointWriteError as err:
+            error = [str(err)]
+    if d.world > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise CheckpointWriteError(error[0])
+
+
+class ResumableSampler(Sampler):
+    """A sampler that leaves out the first ``skip`` indices of its sampler's order (mid-epoch resume).
+
+    ``on_start``, when set, is called once when an iteration begins: after the DataLoader iterator
+    has drawn its base seed from the global RNG and before the first sample is loaded — where a
+    resumed epoch restores the RNG state of its checkpoint.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler, self.skip, self.on_start = sampler, 0, None
+
+    def __iter__(self):
+        if self.on_start is not None:
+            self.on_start, start = None, self.on_start
+            start()
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], select_after: float | None, ckpt: Path) -> None:
+    """On resume the checkpoint defines the model: ``--sac`` (``sac``) may only repeat its values.
+
+    ``--select-after`` only affects training, so a new value is applied to ``sac_cfg``.
+
+    Raises:
+        ValueError: ``sac`` changes the SAC configuration of checkpoint ``ckpt``.
+    """
+    wanted = SACConfig.from_dict({**sac_cfg.to_dict(), **sac})
+    if dataclasses.replace(wanted, select_after=sac_cfg.select_after) != sac_cfg:
+        changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
+        raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
+    sac_cfg.select_after = select_after if select_after is not None else wanted.select_after
