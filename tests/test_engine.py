@@ -153,7 +153,7 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     assert state["scheduler"]["last_epoch"] == records[-1]["steps"]
     assert all(s["step"] == records[-1]["steps"] for s in state["optimizer"]["state"].values())  # continued
 
-    base = train(tiny_cfg(tmp_path / "plain", model=PLAIN_NAME, sac={}, select_after=None, epochs=1))
+    base = train(tiny_cfg(tmp_path / "plain", model=PLAIN_NAME, sac={}, epochs=1))
     assert "val_top1" in lines(tmp_path / "plain" / "metrics.jsonl")[0]
     data = build_dataset("synthetic", None, "test", 32, length=32)
     rows = evaluate(ckpt, data, [0.3, 0.6], batch_size=16, baseline=base, timing_batches=1)

@@ -79,8 +79,7 @@ def test_sac_loss_is_ce_plus_scaled_kl_from_sac_to_ee():
     torch.manual_seed(3)
     ee, sac = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 0])
-    cfg = SACConfig(kl_weight=0.7, kl_tau=2.0)
-    loss = sac_loss(ee, sac, y, cfg)
+    loss = sac_loss(ee, sac, y, kl_weight=0.7, kl_tau=2.0)
     p_sac, log_p_ee = (sac / 2).softmax(-1), (ee / 2).log_softmax(-1)
     kl = (p_sac * (p_sac.log() - log_p_ee)).sum(-1).mean()
     reverse = (log_p_ee.exp() * (log_p_ee - p_sac.log())).sum(-1).mean()
@@ -91,7 +90,7 @@ def test_sac_loss_is_ce_plus_scaled_kl_from_sac_to_ee():
     sac_grad = torch.autograd.grad(F.cross_entropy(sac, y), sac)[0]
     assert torch.allclose(sac.grad, sac_grad, atol=1e-7)  # stop-gradient: SAC sees only the CE
     assert ee.grad.abs().sum() > 0
-    without_kl = sac_loss(ee, sac, y, SACConfig(kl_weight=0))
+    without_kl = sac_loss(ee, sac, y, kl_weight=0)
     assert torch.allclose(without_kl, F.cross_entropy(sac, y))
 
 
@@ -185,7 +184,7 @@ def test_every_parameter_gets_a_gradient(images):
     for step in range(2):
         opt.zero_grad()
         logits_ee, logits_sac = model(images)
-        loss = sac_loss(logits_ee, logits_sac, y, model.sac_cfg)
+        loss = sac_loss(logits_ee, logits_sac, y)
         loss.backward()
         if step == 0:
             opt.step()

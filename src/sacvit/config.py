@@ -3,8 +3,10 @@
 The backbone geometry (image size, patch size, width, depth, heads) lives in timm's
 ``VisionTransformer`` arguments; :class:`SACConfig` holds the two-stage method: how the early-exit
 image is made, how the semantic score is accumulated, how tokens are clustered, the feature-reuse
-path, the default exit threshold and the training loss. Each field marked *(choice)* in
-DESIGN.md is a field here so it can be changed and compared.
+path and the default exit threshold — architecture and inference, what a checkpoint must carry to
+run the model. How it is trained (the loss weights, the selection warm-up) is
+:class:`~sacvit.engine.train.TrainConfig`'s. Each field marked *(choice)* in DESIGN.md is a field
+here or there, so it can be changed and compared.
 """
 
 from __future__ import annotations
@@ -85,10 +87,6 @@ class SACConfig:
         reuse: add the feature-reuse term ``reuse(z_ee)`` to the SAC tokens.
         reuse_non_target: also add it to the non-target (reused EE) tokens.
         reuse_mlp_ratio: hidden width of the reuse MLP as a multiple of the embedding width.
-        kl_weight: λ of the KL term of the training loss.
-        kl_tau: temperature τ of the KL term.
-        select_after: fraction of training during which SAC sees the whole image (window = full
-            grid); token selection switches on afterwards (CF-ViT/LF-ViT warm-up).
     """
 
     ee_scale: int = 2
@@ -105,9 +103,6 @@ class SACConfig:
     reuse: bool = True
     reuse_non_target: bool = True
     reuse_mlp_ratio: float = 4.0
-    kl_weight: float = 1.0
-    kl_tau: float = 1.0
-    select_after: float = 0.0
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -132,9 +127,6 @@ class SACConfig:
              f"adaptive_sizes must be positive window sides, got {self.adaptive_sizes}"),
             (0.0 < self.rho <= 1.0, f"rho must be in (0, 1], got {self.rho}"),
             (self.reuse_mlp_ratio > 0, f"reuse_mlp_ratio must be > 0, got {self.reuse_mlp_ratio}"),
-            (self.kl_weight >= 0, f"kl_weight must be ≥ 0, got {self.kl_weight}"),
-            (self.kl_tau > 0, f"kl_tau must be > 0, got {self.kl_tau}"),
-            (0.0 <= self.select_after <= 1.0, f"select_after must be in [0, 1], got {self.select_after}"),
         ]
         for ok, message in checks:
             if not ok:

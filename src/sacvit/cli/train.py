@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 from ..data import DATASET_NAMES
+from ..devices import AMP_MODES
 from ..engine.train import TrainConfig, train
 from .common import HelpFormatter, json_dict
 
@@ -92,8 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--ema", action=argparse.BooleanOptionalAction, default=d.ema,
       help="keep, validate and save an EMA of the weights (timm ModelEmaV3 with warm-up; default: on)")
     a("--ema-decay", type=float, default=d.ema_decay, help="the EMA's largest decay")
-    a("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="autocast on CUDA, ignored on CPU (default: on)")
-    a("--amp-dtype", choices=("bfloat16", "float16"), default=d.amp_dtype, help="autocast dtype")
+    a("--amp", choices=AMP_MODES, default=d.amp, help="autocast on CUDA (fp16 with a gradient scaler), ignored on CPU")
     a("--workers", type=int, default=d.workers, help="DataLoader workers per process (default: 0 on CPU, ≤8 on GPU)")
     a("--threads", type=int, default=d.threads, help="CPU threads per process (default: all cores / processes)")
     a("--seed", type=int, default=d.seed, help="seed of initialisation, sampler and generated data")
@@ -110,7 +110,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--strict", action="store_true", help="fail on the first unreadable training image instead of skipping it")
     a("--sac", type=json_dict, default={}, help="SACConfig overrides as JSON, e.g. '{\"window\": 5, \"alpha\": 0.88}'")
     a("--select-after", type=float, default=d.select_after,
-      help="fraction of training with the whole image as SAC target (default: the SACConfig's)")
+      help="fraction of training with the whole image as SAC target (selection warm-up)")
+    a("--kl-weight", type=float, default=d.kl_weight, help="λ of the loss's KL term, SAC → EE (0: off)")
+    a("--kl-tau", type=float, default=d.kl_tau, help="temperature τ of the KL term")
     a("--eval-every", type=int, default=d.eval_every, help="validate every N epochs (0: only at the end)")
     a("--log-every", type=int, default=d.log_every, help="log the loss to steps.jsonl every N steps (0: off)")
     a("--cache-dir", default=d.cache_dir, help="pre-rendered data cache (default: OUT_DIR/../cache)")

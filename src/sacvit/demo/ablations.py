@@ -1,22 +1,25 @@
 """Figure 3 of the paper: each design of SAC-ViT removed in turn, same stand-in, recipe and budget.
 
-Each variant is a SAC-ViT fine-tuned with one :class:`~sacvit.config.SACConfig` change (except
-"no early exit", the full method evaluated with η > 1), its own η calibrated on the held-out split
+Each variant is a SAC-ViT fine-tuned with one change of its :class:`~sacvit.config.SACConfig` or of
+the recipe's loss (except "no early exit", the full method evaluated with η > 1), its own η calibrated on the held-out split
 with the demo's criterion, and reported on the test split, whatever it shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..config import SACConfig
 from .config import DemoConfig
 from .evidence import SAC_ONLY, Evidence, calibrate, paired, sac_correct
 from .runs import SAC_MODEL, fine_tune
 
 __all__ = ["ABLATIONS", "run_ablations"]
 
-#: ``(key, label, SACConfig change)``; ``None``: no training (the full method at η > 1).
+#: ``(key, label, change)``: SACConfig fields, or TrainConfig fields (the loss); ``None``: no training
+#: (the full method at η > 1).
 ABLATIONS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
     ("no_exit", "no early exit (η > 1)", None),
     ("no_clustering", "no clustering: whole image through SAC at full res.", {"window": 7}),
@@ -38,8 +41,6 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
     Each row holds the test numbers at the variant's own η and, in ``holdout_*``, what that η
     reached on the held-out split (where a window side may be chosen, never on the test split).
     """
-    from ..config import SACConfig
-
     base_t = ev.plain(ckpt["baseline"], "test")
     main_window = {**cfg.sac}.get("window", SACConfig().window)
     main_holdout = ev.stages(ckpt["sacvit"], "holdout")
@@ -52,7 +53,10 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
             continue
         if change.get("window") == main_window and set(change) == {"window"}:
             continue  # the full method itself
-        path = fine_tune(cfg, f"ablation_{key}", SAC_MODEL, standin, sac=change)
+        sac_fields = {f.name for f in dataclasses.fields(SACConfig)}
+        path = fine_tune(cfg, f"ablation_{key}", SAC_MODEL, standin,
+                         sac={k: v for k, v in change.items() if k in sac_fields},
+                         train={k: v for k, v in change.items() if k not in sac_fields})
         holdout = ev.stages(path, "holdout")
         choice, met = calibrate(holdout, baseline_holdout, cfg.tolerance)
         rows.append(_row(label, key, ev.stages(path, "test"), holdout, choice.threshold, met, base_t, cfg.seed))

@@ -9,16 +9,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Recipe", "Preset", "PRESETS", "DemoConfig"]
+from ..engine.train import TrainConfig
+
+__all__ = ["DEMO_RECIPE", "Recipe", "Preset", "PRESETS", "DemoConfig"]
 
 
-@dataclass
-class Recipe:
-    """The fine-tuning recipe shared by every compared model (a SAC-ViT ignores nothing of it; a
-    plain ViT ignores ``select_after``, which is SAC-ViT's selection warm-up).
+#: The fine-tuning recipe every compared model gets: :class:`~sacvit.engine.train.TrainConfig` fields.
+DEMO_RECIPE: dict[str, Any] = dict(lr=5e-4, batch_size=64, warmup_epochs=0.1, min_lr=1e-5, weight_decay=0.05,
+                                   label_smoothing=0.1, drop_path=0.0, clip_grad=1.0, ema=True, ema_decay=0.9998,
+                                   select_after=0.25)
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+class Recipe(Mapping[str, Any]):
+    """A partial :class:`~sacvit.engine.train.TrainConfig`: the recipe fields shared by every compared
+    model (the baseline, SAC-ViT, the EE-resolution ViT, every ablation), :data:`DEMO_RECIPE` with
+    ``changes`` applied. A plain ViT ignores ``select_after``, SAC-ViT's selection warm-up.
 
     The values were set once, before the comparisons: AdamW at a fine-tuning learning rate (half
     the stand-in's), a short linear warm-up, cosine decay, label smoothing 0.1 as DeiT, no
@@ -27,19 +38,34 @@ class Recipe:
     setting; CF-/LF-ViT train with EMA). ``select_after = 0.25``: the SAC stage sees the whole
     image for the first quarter of the fine-tuning (CF-/LF-ViT switch selection on after 2/3 of a
     300-epoch run from scratch; fine-tuning from a converged stand-in needs a shorter warm-up).
+
+    Raises:
+        ValueError: a name that is not a ``TrainConfig`` field.
     """
 
-    lr: float = 5e-4
-    batch_size: int = 64
-    warmup_epochs: float = 0.1
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    drop_path: float = 0.0
-    clip_grad: float = 1.0
-    ema: bool = True
-    ema_decay: float = 0.9998
-    select_after: float = 0.25
+    def __init__(self, **changes: Any) -> None:
+        unknown = sorted(set(changes) - _TRAIN_FIELDS)
+        if unknown:
+            raise ValueError(f"not TrainConfig fields: {', '.join(unknown)}")
+        self._fields = {**DEMO_RECIPE, **changes}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+    def __iter__(self):
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_fields"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"Recipe({', '.join(f'{k}={v!r}' for k, v in self._fields.items())})"
 
 
 @dataclass
@@ -120,6 +146,4 @@ class DemoConfig:
     def budget(self) -> Preset:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
-        import dataclasses
-
         return dataclasses.replace(PRESETS[self.preset], **self.overrides)

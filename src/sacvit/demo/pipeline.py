@@ -71,7 +71,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     cfg.data_dir = cfg.data_dir or DEFAULT_FMNIST_DIR
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "demo_config.json", asdict(cfg))
+    write_json(out / "demo_config.json", {**asdict(cfg), "recipe": dict(cfg.recipe)})
     standin = standin_path(cfg.standin)
     ckpt = {"baseline": fine_tune(cfg, "baseline", PLAIN_MODEL, standin),
             "sacvit": fine_tune(cfg, "sacvit", SAC_MODEL, standin),
@@ -104,7 +104,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     policies = {p: ev.stages(ckpt["sacvit"], "test", policy=p) for p in ("gca", "center", "random")}
 
     summary: dict[str, Any] = {
-        "preset": cfg.preset, "budget": asdict(cfg.budget()), "recipe": asdict(cfg.recipe),
+        "preset": cfg.preset, "budget": asdict(cfg.budget()), "recipe": dict(cfg.recipe),
         "standin": str(standin), "images": {k: len(v) for k, v in ev.datasets.items()},
         "baseline_selection": selection,
         "calibration": {**choice.to_dict(), "criterion_met": met, "split": "holdout",

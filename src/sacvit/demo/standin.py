@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,15 @@ class StandinRecipe:
     data: str = "cluttered-fmnist"
     epochs: int = 20
     seed: int = 0
-    optim: Recipe = field(default_factory=lambda: Recipe(lr=1e-3, warmup_epochs=1.0))
+    optim: Recipe = field(default_factory=lambda: Recipe(lr=1e-3, warmup_epochs=1.0, select_after=0.0))
 
     def train_fields(self) -> dict[str, Any]:
         """The :class:`~sacvit.engine.train.TrainConfig` fields of the recipe."""
-        optim = asdict(self.optim)
-        optim.pop("select_after")  # SAC-ViT's selection warm-up: no meaning for a plain ViT
-        return {"model": self.model, "data": self.data, "epochs": self.epochs, "seed": self.seed, **optim}
+        return {"model": self.model, "data": self.data, "epochs": self.epochs, "seed": self.seed, **self.optim}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "data": self.data, "epochs": self.epochs, "seed": self.seed,
+                "optim": dict(self.optim)}
 
 
 sha256 = sha256_file  # hex SHA-256 of a file (the one implementation, in io.checkpoint)
@@ -102,9 +104,9 @@ def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_
     curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     record = {
         "what": "plain ViT trained at the full resolution: the demo's stand-in for DeiT",
-        "model": recipe.model, "recipe": asdict(recipe), "overrides": {k: v for k, v in overrides.items()},
+        "model": recipe.model, "recipe": recipe.to_dict(), "overrides": {k: v for k, v in overrides.items()},
         "command": f"sacvit standin --out {out}" + (" --install" if install else ""),
-        "curve": [{"epoch": r["epoch"], "images": r["steps"] * recipe.optim.batch_size,
+        "curve": [{"epoch": r["epoch"], "images": r["steps"] * recipe.optim["batch_size"],
                    **{k: v for k, v in r.items() if k.startswith("val_")}} for r in curve],
         "seconds_this_call": time.time() - t0,
         "train_seconds": sum(r.get("seconds", 0.0) for r in curve),

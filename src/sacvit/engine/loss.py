@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import SACConfig
-
 __all__ = ["sac_loss", "cross_entropy"]
 
 
@@ -17,17 +15,19 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target)
 
 
-def sac_loss(logits_ee: Tensor, logits_sac: Tensor, target: Tensor, cfg: SACConfig) -> Tensor:
+def sac_loss(logits_ee: Tensor, logits_sac: Tensor, target: Tensor, *, kl_weight: float = 1.0,
+             kl_tau: float = 1.0) -> Tensor:
     """``CE(logits_sac, y) + λ·τ²·KL(softmax(sac/τ).detach() ‖ softmax(ee/τ))``.
 
     The SAC output, detached, supervises the EE output (CF-ViT's scheme). ``target`` is either
-    class indices ``(B,)`` or soft targets ``(B, C)`` (mixup / cutmix / label smoothing).
+    class indices ``(B,)`` or soft targets ``(B, C)`` (mixup / cutmix / label smoothing);
+    ``kl_weight`` is λ and ``kl_tau`` is τ (``TrainConfig.kl_weight`` / ``kl_tau``).
     """
     ce = cross_entropy(logits_sac, target)
-    if cfg.kl_weight == 0:
+    if kl_weight == 0:
         return ce
-    tau = cfg.kl_tau
+    tau = kl_tau
     teacher = (logits_sac.detach() / tau).log_softmax(dim=-1)
     student = (logits_ee / tau).log_softmax(dim=-1)
     kl = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
-    return ce + cfg.kl_weight * tau * tau * kl
+    return ce + kl_weight * tau * tau * kl

@@ -6,7 +6,6 @@ of them (process ranks, RNG states, the mid-epoch sampler skip), kept next to th
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import os
@@ -123,16 +122,13 @@ class ResumableSampler(Sampler):
         return len(self.sampler) - self.skip
 
 
-def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], select_after: float | None, ckpt: Path) -> None:
+def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], ckpt: Path) -> None:
     """On resume the checkpoint defines the model: ``--sac`` (``sac``) may only repeat its values.
-
-    ``--select-after`` only affects training, so a new value is applied to ``sac_cfg``.
 
     Raises:
         ValueError: ``sac`` changes the SAC configuration of checkpoint ``ckpt``.
     """
     wanted = SACConfig.from_dict({**sac_cfg.to_dict(), **sac})
-    if dataclasses.replace(wanted, select_after=sac_cfg.select_after) != sac_cfg:
+    if wanted != sac_cfg:
         changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
         raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
-    sac_cfg.select_after = select_after if select_after is not None else wanted.select_after

@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import SACConfig
+from ..devices import amp_dtype
 from ..data.preprocess import preprocess_for
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
 from .logs import append_json, restore_logs
@@ -88,8 +89,8 @@ class TrainConfig:
             and save it.
         ema_decay: the EMA's largest decay; with its warm-up the decay at step ``t`` is
             ``min(ema_decay, 1 − (1 + t)^(−2/3))``, so short and long runs share one setting.
-        amp: bf16/fp16 autocast on CUDA (ignored on CPU).
-        amp_dtype: ``"bfloat16"`` or ``"float16"`` (the latter with a gradient scaler).
+        amp: autocast on CUDA (ignored on CPU): ``"none"``, ``"bf16"`` or ``"fp16"`` (the latter with
+            a gradient scaler) — :data:`sacvit.devices.AMP_MODES`.
         workers: DataLoader workers per process (default 0 on CPU, up to 8 on GPU).
         threads: CPU threads per process (default ``OMP_NUM_THREADS`` or all cores / local processes).
         seed: seed of the initialisation, the sampler and the synthetic/cluttered data.
@@ -97,7 +98,11 @@ class TrainConfig:
         out_dir: output folder.
         resume: continue the run in ``out_dir`` from ``last.safetensors``.
         sac: :class:`~sacvit.config.SACConfig` field overrides for SAC-ViT models.
-        select_after: fraction of training with the whole image as SAC target (overrides ``sac``).
+        select_after: fraction of training during which the SAC stage sees the whole image as
+            target (window = full grid); token selection switches on afterwards (CF-/LF-ViT's
+            warm-up). SAC-ViT only.
+        kl_weight: λ of the loss's KL term (SAC → EE distillation); 0: no KL term. SAC-ViT only.
+        kl_tau: temperature τ of the KL term.
         eval_every: validate every N epochs (and after the last one); 0: only after the last.
         log_every: append the all-reduced loss to ``steps.jsonl`` every N steps (0: off).
         cache_dir: folder for pre-rendered Fashion-MNIST arrays (default ``<out_dir>/../cache``).
@@ -131,8 +136,7 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     ema: bool = True
     ema_decay: float = 0.9998
-    amp: bool = True
-    amp_dtype: str = "bfloat16"
+    amp: str = "bf16"
     workers: int | None = None
     threads: int | None = None
     seed: int = 0
@@ -140,7 +144,9 @@ class TrainConfig:
     out_dir: str = "runs/train"
     resume: bool = False
     sac: dict[str, Any] = field(default_factory=dict)
-    select_after: float | None = None
+    select_after: float = 0.0
+    kl_weight: float = 1.0
+    kl_tau: float = 1.0
     eval_every: int = 1
     log_every: int = 0
     cache_dir: str | None = None
@@ -173,12 +179,9 @@ def _build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> tuple[nn.
         raise ValueError(f"unknown model {cfg.model!r}; see timm.list_models('*vit*') or the sacvit_* variants")
     is_sac = cfg.model.startswith("sacvit_")
     kwargs = {**cfg.model_kwargs, "img_size": img_size, "num_classes": num_classes, "drop_path_rate": cfg.drop_path}
-    sac = dict(cfg.sac)
-    if cfg.select_after is not None:
-        sac["select_after"] = cfg.select_after
-    if sac and not is_sac:
-        raise ValueError(f"--sac / --select-after apply to sacvit_* models, not {cfg.model!r}")
-    extra = {"sac": SACConfig.from_dict(sac)} if is_sac else {}
+    if cfg.sac and not is_sac:
+        raise ValueError(f"--sac applies to sacvit_* models, not {cfg.model!r}")
+    extra = {"sac": SACConfig.from_dict(dict(cfg.sac))} if is_sac else {}
     try:
         model = timm.create_model(cfg.model, **kwargs, **extra)
     except TypeError as err:
@@ -256,6 +259,10 @@ def _check_config(cfg: TrainConfig, d: Dist) -> None:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {d.world} processes")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and (cfg.batch_size // d.world) % 2:
         raise ValueError(f"Mixup/CutMix need an even batch per process, got {cfg.batch_size // d.world}")
+    if not 0.0 <= cfg.select_after <= 1.0 or cfg.kl_weight < 0 or cfg.kl_tau <= 0:
+        raise ValueError(f"--select-after must be in [0, 1], --kl-weight ≥ 0 and --kl-tau > 0, "
+                         f"got {cfg.select_after}, {cfg.kl_weight}, {cfg.kl_tau}")
+    amp_dtype(cfg.amp)  # a known spelling
     if cfg.checkpoint_every < 0 or cfg.checkpoint_minutes < 0 or cfg.max_nonfinite < 1:
         raise ValueError(f"--checkpoint-every and --checkpoint-minutes must be ≥ 0 and --max-nonfinite ≥ 1, "
                          f"got {cfg.checkpoint_every}, {cfg.checkpoint_minutes}, {cfg.max_nonfinite}")
@@ -335,7 +342,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         is_sac = isinstance(model, SACViT)
         sac_cfg = model.sac_cfg if is_sac else None
         if snap is not None and is_sac:
-            check_resumed_sac(sac_cfg, cfg.sac, cfg.select_after, snap.folder)
+            check_resumed_sac(sac_cfg, cfg.sac, snap.folder)
         ema = None
         if cfg.ema:
             ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
@@ -349,10 +356,10 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
         factor, total_steps = _schedule(cfg, steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.amp_dtype]
-        use_amp = cfg.amp and d.device.type == "cuda"
-        amp = dict(device_type=d.device.type, dtype=amp_dtype, enabled=use_amp)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        dtype = amp_dtype(cfg.amp)
+        use_amp = dtype is not None and d.device.type == "cuda"
+        amp = dict(device_type=d.device.type, dtype=dtype or torch.bfloat16, enabled=use_amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
         history, step = [], start_epoch * steps_per_epoch
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -410,8 +417,9 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                     target = y
                 with torch.autocast(**amp):
                     if is_sac:
-                        logits_ee, logits_sac = net(x, full_window=step / total_steps < sac_cfg.select_after)
-                        loss = sac_loss(logits_ee.float(), logits_sac.float(), target, sac_cfg)
+                        logits_ee, logits_sac = net(x, full_window=step / total_steps < cfg.select_after)
+                        loss = sac_loss(logits_ee.float(), logits_sac.float(), target,
+                                        kl_weight=cfg.kl_weight, kl_tau=cfg.kl_tau)
                     else:
                         loss = cross_entropy(net(x).float(), target)
                 optimizer.zero_grad(set_to_none=True)
