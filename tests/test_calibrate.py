@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from sacvit.engine.calibrate import choose_threshold, curve
 from sacvit.engine.evaluate import StageRecords
@@ -53,3 +54,22 @@ def test_impossible_budgets_say_so():
         choose_threshold(r, max_drop=1, reference_top1=99.0)
     with pytest.raises(ValueError, match="exactly one"):
         choose_threshold(r, budget_gmacs=2.0, exit_share=0.5)
+
+
+def test_thresholds_exit_exactly_their_images_in_float32():
+    """Neighbouring confidences one float32 step apart: the stored η must not exit the lower one too."""
+    base = np.float32(0.7)
+    steps = [base]
+    for _ in range(40):
+        steps.append(np.nextafter(steps[-1], np.float32(1.0), dtype=np.float32))
+    conf = np.array(steps + [np.float32(0.2), np.float32(0.9)], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    records = StageRecords(confidence=conf, correct_ee=rng.random(conf.size) < 0.5,
+                           correct_sac=rng.random(conf.size) < 0.5, gmacs_ee=np.full(conf.size, 1.0),
+                           gmacs_sac=np.full(conf.size, 3.0))
+    c = curve(records)
+    for thr, share in zip(c.threshold, c.exit_share):
+        assert np.float32(thr) == thr or thr > 1  # a float32 value
+        exited = torch.from_numpy(conf) >= thr  # what predict compares (float32 tensor vs Python float)
+        assert int(exited.sum()) == round(share * conf.size)
+        assert int((records.at(thr)[0]).sum()) == round(share * conf.size)

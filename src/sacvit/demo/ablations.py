@@ -56,7 +56,7 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
         sac_fields = {f.name for f in dataclasses.fields(SACConfig)}
         path = fine_tune(cfg, f"ablation_{key}", SAC_MODEL, standin,
                          sac={k: v for k, v in change.items() if k in sac_fields},
-                         train={k: v for k, v in change.items() if k not in sac_fields})
+                         recipe_changes={k: v for k, v in change.items() if k not in sac_fields})
         holdout = ev.stages(path, "holdout")
         choice, met = calibrate(holdout, baseline_holdout, cfg.tolerance)
         rows.append(_row(label, key, ev.stages(path, "test"), holdout, choice.threshold, met, base_t, cfg.seed))

@@ -26,10 +26,10 @@ SAC_MODEL, PLAIN_MODEL = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
 
 
 def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dict[str, Any] | None = None,
-              train: dict[str, Any] | None = None, img_size: int | None = None) -> Path:
+              recipe_changes: dict[str, Any] | None = None, img_size: int | None = None) -> Path:
     """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint.
 
-    ``sac`` changes the SAC configuration, ``train`` the recipe (an ablation's change)."""
+    ``sac`` changes the SAC configuration, ``recipe_changes`` the recipe (an ablation's change)."""
     from ..io.checkpoint import read_metadata
     from ..engine.train import CHECKPOINT, TrainConfig, train
     from ..io.train_state import has_checkpoint
@@ -46,7 +46,7 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
         model=model, model_kwargs=kwargs, data="cluttered-fmnist", data_dir=cfg.data_dir,
         train_length=budget.train_length, epochs=budget.epochs, init=str(standin), seed=cfg.seed,
         out_dir=str(out), eval_every=1, threads=cfg.threads, cache_dir=str(Path(cfg.out) / "cache"),
-        sac={**cfg.sac, **(sac or {})} if is_sac else {}, **{**recipe, **(train or {})})
+        sac={**cfg.sac, **(sac or {})} if is_sac else {}, **{**recipe, **(recipe_changes or {})})
     resume = ckpt.is_file() or has_checkpoint(out)  # also a run killed within its first epoch
     if resume:
         _check_same_run(out, run)

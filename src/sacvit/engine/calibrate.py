@@ -19,7 +19,7 @@ import numpy as np
 
 from .evaluate import SAC_ONLY, StageRecords
 
-__all__ = ["Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold",
+__all__ = ["Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold", "exit_thresholds",
            "calibration_record", "store_threshold"]
 
 
@@ -61,22 +61,34 @@ def curve(records: StageRecords) -> Curve:
     if n == 0:
         raise ValueError("cannot calibrate on an empty split")
     order = np.argsort(-records.confidence, kind="stable")
-    conf = records.confidence[order].astype(np.float64)
+    conf = records.confidence[order].astype(np.float32)
     zero = np.zeros(1)
     ee_ok = np.concatenate([zero, np.cumsum(records.correct_ee[order])])
     sac_ok = records.correct_sac[order].sum() - np.concatenate([zero, np.cumsum(records.correct_sac[order])])
     ee_g = np.concatenate([zero, np.cumsum(records.gmacs_ee[order], dtype=np.float64)])
     sac_g = records.gmacs_sac.sum(dtype=np.float64) - np.concatenate([zero, np.cumsum(records.gmacs_sac[order],
                                                                                       dtype=np.float64)])
-    # k images exit when η lies in (conf[k], conf[k-1]]: take the midpoint (ties cannot be split)
     thr = np.empty(n + 1)
     thr[0], thr[n] = SAC_ONLY, 0.0
-    thr[1:n] = (conf[:-1] + conf[1:]) / 2
+    thr[1:n] = exit_thresholds(conf)
     valid = np.ones(n + 1, dtype=bool)
     valid[1:n] = conf[:-1] > conf[1:]  # equal confidences exit together: no η between them
     k = np.arange(n + 1)[valid]
     return Curve(threshold=thr[valid], top1=100 * (ee_ok + sac_ok)[valid] / n, gmacs=(ee_g + sac_g)[valid] / n,
                  exit_share=k / n)
+
+
+def exit_thresholds(conf: np.ndarray) -> np.ndarray:
+    """For confidences sorted descending (float32), an η per gap ``k`` (``1 … N−1``) that exits exactly
+    the ``k`` most confident images when compared in float32, as ``predict`` compares.
+
+    The midpoint of ``(conf[k], conf[k-1]]`` keeps a margin against rounding-level differences in
+    a recomputation; where the two are one float32 step apart the midpoint rounds onto ``conf[k]``
+    (and would exit one more image), so ``conf[k-1]`` itself is taken. Every η is a float32 value.
+    """
+    hi, lo = conf[:-1].astype(np.float32), conf[1:].astype(np.float32)
+    mid = ((hi.astype(np.float64) + lo.astype(np.float64)) / 2).astype(np.float32)
+    return np.where((mid > lo) & (mid <= hi), mid, hi).astype(np.float64)
 
 
 def choose_threshold(records: StageRecords, *, budget_gmacs: float | None = None, max_drop: float | None = None,

@@ -43,6 +43,8 @@ class StageRecords:
         confidence: ``(N,)`` EE top-1 softmax probability (compared with η).
         correct_ee, correct_sac: ``(N,)`` bool, the EE / SAC prediction is right.
         gmacs_ee, gmacs_sac: ``(N,)`` GMACs spent when the image exits at EE / goes through SAC.
+        agree: ``(N,)`` bool, the EE prediction equals the SAC prediction (needs no label: what
+            the label-free calibration tests); ``None`` in records saved before it was recorded.
     """
 
     confidence: np.ndarray
@@ -50,13 +52,14 @@ class StageRecords:
     correct_sac: np.ndarray
     gmacs_ee: np.ndarray
     gmacs_sac: np.ndarray
+    agree: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.confidence)
 
     def at(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(exited, correct, gmacs)`` per image at ``threshold``."""
-        exited = self.confidence >= threshold
+        exited = self.confidence >= np.float32(threshold)  # float32, as predict compares
         return exited, np.where(exited, self.correct_ee, self.correct_sac), np.where(exited, self.gmacs_ee,
                                                                                      self.gmacs_sac)
 
@@ -75,13 +78,14 @@ class StageRecords:
         }
 
     def save(self, path: str | Path) -> Path:
-        np.savez(path, **self.__dict__)
+        np.savez(path, **{k: v for k, v in self.__dict__.items() if v is not None})
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "StageRecords":
         with np.load(path) as f:
-            return cls(**{k: f[k] for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")})
+            return cls(**{k: f[k] for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")},
+                       agree=f["agree"] if "agree" in f.files else None)
 
 
 def _load(model: nn.Module | str | Path, device: torch.device) -> tuple[nn.Module, str]:
@@ -113,6 +117,7 @@ def collect(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: st
         parts["correct_sac"].append(sac.logits.argmax(-1) == y)
         parts["gmacs_ee"].append(ee.gmacs)
         parts["gmacs_sac"].append(sac.gmacs)
+        parts["agree"].append(ee.logits.argmax(-1) == sac.logits.argmax(-1))
     return StageRecords(**{k: torch.cat(v).cpu().numpy() for k, v in parts.items()})
 
 
