@@ -288,6 +288,7 @@ def test_crop_gathers_the_selected_patches_from_any_layout():
     assert torch.allclose(pred.logits, pred_cl.logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ort_rows_have_the_eager_columns_and_their_own_baseline(tmp_path):
     assert tiny_bench("--methods", "deit,sacvit", "--exit-share", "0.5", "--runtime", "torch,ort",
                       "--out", str(tmp_path)) == 0

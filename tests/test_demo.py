@@ -47,6 +47,7 @@ def test_standin_records_its_recipe_curve_and_hash(standin):
         standin_path(path.with_name("nope.safetensors"))
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(standin):
     root, data, path = standin
     keys = ("no_exit", "no_clustering", "full_attention", "window_5")
@@ -87,6 +88,7 @@ def test_demo_end_to_end(standin):
         _demo(root / "run", data, path, sac={"window": 2})
 
 
+@pytest.mark.slow
 def test_calibration_never_reads_the_test_split(standin, tmp_path):
     """The same trainings with a poisoned test split (labels shuffled): η is the same."""
     root, data, path = standin

@@ -204,6 +204,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
 
 
+@pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -50,6 +50,7 @@ def test_stages_refuse_what_has_no_static_graph():
         SACStage(tiny_sacvit(window_policy="random"))
 
 
+@pytest.mark.slow
 def test_compiled_stages_equal_eager(x):
     """``fullgraph=True`` fails on any graph break (the cached EE position embedding used to be one)."""
     torch._dynamo.reset()
@@ -72,6 +73,7 @@ def exported(tmp_path_factory):
     return model, out
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch(exported, x):
     model, out = exported
     runtime = OnnxSACViT(out, threads=1)
@@ -87,6 +89,7 @@ def test_onnx_runtime_matches_pytorch(exported, x):
     assert_same(model.predict(x), runtime.predict(x.numpy()), 1e-4)  # default η, NumPy input
 
 
+@pytest.mark.slow
 def test_export_folder_describes_itself(exported):
     model, out = exported
     info = json.loads((out / "sacvit.json").read_text())
@@ -105,6 +108,7 @@ def test_export_folder_describes_itself(exported):
         OnnxSACViT(out).predict(torch.full((1, 3, 32, 32), float("nan")))
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path, capsys):
     ckpt = save_tiny(tmp_path / "last.safetensors")
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "onnx")]) == 0

@@ -171,6 +171,7 @@ def test_random_bytes(tmp_path, name, data):
     _check(_write(tmp_path, name, data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [*SAMPLES, "safetensors", "pt"])
 @FUZZ
 @given(data=st.data())

@@ -35,6 +35,7 @@ def test_the_readme_has_python_snippets():
     assert len(SNIPPETS) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_every_python_snippet_runs_as_written(workdir, index):
     proc = subprocess.run([sys.executable, "-c", SNIPPETS[index]], cwd=workdir, capture_output=True, text=True,

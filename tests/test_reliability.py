@@ -109,6 +109,7 @@ def test_mid_epoch_checkpoints_leave_training_unchanged(tmp_path, reference, eve
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-000000024"
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, reference):
     out = tmp_path / "run"
     k = random.Random(10).randint(3, TOTAL_STEPS - 6)
@@ -390,6 +391,7 @@ def _torchrun(out: Path, data: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through /proc")
 def test_torchrun_restarts_a_killed_worker_and_resumes(tmp_path):
     """Two processes (gloo), an image folder with unreadable files; one worker SIGKILLed mid-epoch."""

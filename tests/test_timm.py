@@ -21,6 +21,7 @@ def test_every_variant_is_registered():
                              "sacvit_demo_patch8_112", "deit_demo_patch8_112"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_features_only_and_forward_intermediates(name):
     """As timm's own model tests do: the feature wrapper's channels, reductions and shapes."""
