@@ -232,7 +232,9 @@ def test_checkpoints_and_dataset_give_top1(tmp_path):
     kw = dict(depth=1, embed_dim=32, num_heads=2, num_classes=10)
     sac = timm.create_model("sacvit_demo_patch8_112", **kw)
     plain = timm.create_model("deit_demo_patch8_112", **kw)
-    classes = [str(i) for i in range(10)]
+    from sacvit.data import FASHION_MNIST_CLASSES
+
+    classes = list(FASHION_MNIST_CLASSES)  # the data's class names: bench compares them by name
     checkpoint.save_checkpoint(tmp_path / "sac.safetensors", sac, checkpoint.CheckpointMeta(
         model_name="sacvit_demo_patch8_112", model_kwargs=kw, sac_config=sac.sac_cfg, class_names=classes))
     checkpoint.save_checkpoint(tmp_path / "deit.safetensors", plain, checkpoint.CheckpointMeta(

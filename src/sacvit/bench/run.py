@@ -67,6 +67,7 @@ class BenchConfig:
     data_dir: str | None = None
     split: str = "test"
     limit: int = 1000
+    ignore_class_names: bool = False
     score: bool = True
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     thresholds: list[float] | None = None
@@ -162,6 +163,15 @@ def bench_images(cfg: BenchConfig, model: nn.Module, device: torch.device):
         from ..data import build_dataset
 
         dataset = build_dataset(cfg.data, cfg.data_dir, split=cfg.split, img_size=size[0], length=cfg.limit)
+        if not cfg.ignore_class_names and getattr(dataset, "classes", None) is not None:
+            from ..data.classes import IGNORE_HINT, check_class_names, describe_data
+            from ..io.checkpoint import read_metadata
+
+            described = describe_data(cfg.data, cfg.data_dir, cfg.split)
+            for path in (cfg.checkpoint, cfg.baseline_checkpoint):
+                if path:
+                    check_class_names(read_metadata(path).class_names, dataset.classes, f"{path} vs {described}",
+                                      IGNORE_HINT)
         n_classes = len(getattr(dataset, "classes", [])) or None
         if n_classes is not None and n_classes != model.num_classes:
             raise ValueError(f"--data {cfg.data} has {n_classes} classes, the model {model.num_classes}")

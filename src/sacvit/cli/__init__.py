@@ -26,12 +26,23 @@ COMMANDS = {
     "export": "sacvit.cli.export",
 }
 
+_EXAMPLES = """\
+examples:
+  sacvit demo                                       # the README's evidence at the `make demo` budget
+  sacvit train --data imagefolder --data-dir DIR --out-dir runs/mine   # DIR/train/<class>/*.jpg
+  sacvit calibrate --checkpoint runs/mine/last.safetensors --max-drop 0.5 --data imagefolder --data-dir DIR
+  sacvit predict photo.jpg --checkpoint runs/mine/last.safetensors
+
+`sacvit COMMAND --help` shows a command's options and examples.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sacvit",
         description="SAC-ViT: a ViT that exits early on easy images and spends full-resolution "
                     "compute only on the object region of the hard ones.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from .. import __version__
 
@@ -43,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # plain `sacvit`: the overview, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -69,6 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--split", default="test", choices=SPLITS, help="dataset split (default test), e.g. --split holdout")
     g.add_argument("--limit", type=int, default=1000,
                    help="evaluate top-1 on the first N images (default 1000), e.g. --limit 2000")
+    g.add_argument("--ignore-class-names", action="store_true",
+                   help="with --checkpoint: score by class index even when the checkpoint's class names differ "
+                        "from the data's (by default that is an error), e.g. --ignore-class-names")
     g = p.add_argument_group("what to run")
     g.add_argument("--methods", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
                    default=list(METHODS),

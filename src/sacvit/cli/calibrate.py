@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
     a("--dry-run", action="store_true", help="report the choice without changing the checkpoint")
     a("--out", default=None, help="also write the whole curve to OUT/calibration.csv and OUT/calibration.png")
+    a("--ignore-class-names", action="store_true",
+      help="match the checkpoint's classes to the data's by index even when their names differ "
+           "(by default a renamed, missing or reordered class is an error)")
     p.set_defaults(func=_run)
     return p
 
@@ -64,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     result = calibrate(args.checkpoint, data=args.data, data_dir=args.data_dir, split=args.split,
                        length=args.length, seed=args.seed, budget_gmacs=args.budget_gmacs, max_drop=args.max_drop,
                        reference_top1=args.reference, exit_share=args.exit_share, batch_size=args.batch_size,
-                       device=None if args.device == "auto" else args.device, write=not args.dry_run)
+                       device=None if args.device == "auto" else args.device, write=not args.dry_run,
+                       check_names=not args.ignore_class_names)
     print(calibration_report(result, args.checkpoint, args.out))
     return 0

@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``sacvit demo``."""
     d = DemoConfig()
     p = subparsers.add_parser(
-        "demo", help="fine-tune SAC-ViT and its baselines from one stand-in, calibrate η, report with 95% CIs",
+        "demo", help="fine-tune SAC-ViT and its baselines from one stand-in, calibrate η, report with 95%% CIs",
         description=PIPELINE_DOC, epilog=_EXAMPLES, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--out", default=d.out, help="output folder")

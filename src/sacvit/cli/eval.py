@@ -6,6 +6,7 @@ import argparse
 
 from .. import plots
 from ..data import DATASET_NAMES, SPLITS, build_dataset
+from ..data.classes import IGNORE_HINT, check_class_names, describe_data
 from ..io.checkpoint import load_checkpoint, read_metadata
 from ..engine.evaluate import COLUMNS, DEFAULT_THRESHOLDS, evaluate
 from ..report import SWEEP_TABLE, format_table, write_csv
@@ -48,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--timing-batches", type=int, default=8, help="batches timed per row for img/s (0: no timing)")
     a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
     a("--out", default="runs/eval", help="output folder for results.csv and the plots")
+    a("--ignore-class-names", action="store_true",
+      help="match the checkpoint's classes to the data's by index even when their names differ "
+           "(by default a renamed, missing or reordered class is an error)")
     p.set_defaults(func=_run)
     return p
 
@@ -61,11 +65,17 @@ def _run(args: argparse.Namespace) -> int:
     model, _ = load_checkpoint(args.checkpoint)
     img_size = model.patch_embed.img_size[0]
     dataset = build_dataset(args.data, args.data_dir, args.split, img_size, length=args.length, seed=args.seed)
+    if not args.ignore_class_names:  # by name, before the long passes
+        described = describe_data(args.data, args.data_dir, args.split)
+        check_class_names(meta.class_names, dataset.classes, f"{args.checkpoint} vs {described}", IGNORE_HINT)
+        if args.baseline:
+            check_class_names(read_metadata(args.baseline).class_names, dataset.classes,
+                              f"{args.baseline} vs {described}", IGNORE_HINT)
     device = None if args.device == "auto" else args.device
     calibrated = meta.threshold if meta.calibration else None
     chosen = args.thresholds or sorted({*DEFAULT_THRESHOLDS, *([calibrated] if calibrated is not None else [])})
     rows = evaluate(model, dataset, chosen, args.batch_size, args.baseline, device=device,
-                    workers=args.workers, timing_batches=args.timing_batches)
+                    workers=args.workers, timing_batches=args.timing_batches, check_names=False)
     for r in rows:
         r["model"] = meta.model_name if r["mode"] != "baseline" else r["model"]
     print(format_table(rows, SWEEP_TABLE))

@@ -8,6 +8,7 @@ Every dataset built here has a ``classes`` list; ``num_classes = len(ds.classes)
 from __future__ import annotations
 
 from .build import DATASET_NAMES, SPLITS, build_dataset, default_holdout, default_img_size
+from .classes import check_class_names
 from .cluttered import STYLES, ClutteredFashionMNIST, ClutterStyle, TensorImageDataset, content_boxes, materialize
 from .errors import DatasetNotFoundError
 from .fashion_mnist import (
@@ -38,6 +39,7 @@ __all__ = [
     "TensorImageDataset",
     "build_dataset",
     "build_imagefolder",
+    "check_class_names",
     "content_boxes",
     "default_holdout",
     "default_img_size",

@@ -156,7 +156,7 @@ def _drop_unreadable(ds, folder: Path, strict: bool, cache_dir: str | Path | Non
     import torch.distributed as dist
 
     paths = [p for p, _ in ds.samples]
-    listing = "\n".join(f"{p}\t{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}" for p in paths)
+    listing = "\n".join(f"{p}\t{_stat(p)}" for p in paths)
     key = hashlib.sha1(listing.encode()).hexdigest()[:16]
     cache = None if cache_dir is None else Path(cache_dir) / f"verified_{key}.json"
     bad = _VERIFIED.get(key)
@@ -188,8 +188,20 @@ def _drop_unreadable(ds, folder: Path, strict: bool, cache_dir: str | Path | Non
                          f"{_example([b for b in bad if Path(b[0]).parent == where])}")
     for path, reason in bad if main and first else ():
         print(f"sacvit: skipping unreadable image {path}: {reason}", file=sys.stderr)
+    if bad and main and first:
+        print(f"sacvit: skipped {len(bad)} unreadable image{'s' if len(bad) > 1 else ''} of {len(paths)} in "
+              f"{folder} (first: {bad[0][0]}; --strict stops at the first instead)", file=sys.stderr)
     ds.skipped = list(bad)
     return ds
+
+
+def _stat(path: str) -> str:
+    """Size and mtime of a file for the verification cache key (a broken link: the link's own)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = os.lstat(path)
+    return f"{st.st_size}\t{st.st_mtime_ns}"
 
 
 def _example(bad: list[tuple[str, str]]) -> str:

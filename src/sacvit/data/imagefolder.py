@@ -1,5 +1,11 @@
 """ImageNet-style image folders (``ROOT/<split>/<class>/*.jpg``) with timm transforms.
 
+Files are decoded by :func:`~.preprocess.load_rgb` (EXIF orientation applied, 16-bit scaled, any PIL
+mode converted to RGB) — the decoding ``predict`` and ``from_pretrained(...).preprocess`` use — and
+evaluation splits are transformed by the same :class:`~.preprocess.Preprocess` the checkpoint
+records, so an evaluation tensor equals ``predict``'s for the same file. Training augmentation
+(timm's) differs from evaluation, the decoding does not.
+
 Bad files are found before any training starts, by a verification pass (:func:`unreadable`):
 every file is opened and decoded (JPEGs at 1/8 scale, which still reads all their data) and
 converted to RGB as the loader does. Zero-byte files, truncated or corrupt images and non-images
@@ -16,13 +22,14 @@ from pathlib import Path
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from .errors import DatasetNotFoundError
+from .preprocess import IMAGE_SUFFIXES, Preprocess, load_rgb, to_rgb
 
 
 def safe_loader(path: str):
-    """Open an image as RGB; an unreadable or corrupt file raises ``ValueError``.
+    """Open an image as RGB (:func:`~.preprocess.load_rgb`); an unreadable or corrupt file raises
+    ``ValueError``.
 
     Args:
         path: Image file.
@@ -34,9 +41,16 @@ def safe_loader(path: str):
         ValueError: ``cannot read image PATH: REASON``.
     """
     try:
-        return default_loader(path)
-    except Exception as err:  # OSError, SyntaxError, DecompressionBombError, …: the file's fault
+        return load_rgb(path)
+    except ValueError:
+        raise
+    except Exception as err:  # MemoryError, …: the file's fault
         raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def is_image_file(path: str) -> bool:
+    """Whether a folder's file is taken as an image: the suffixes ``predict`` searches for."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def check_image(path: str) -> str | None:
@@ -49,14 +63,17 @@ def check_image(path: str) -> str | None:
         ``None``, or the reason in a few words (``empty file``, ``cannot identify image file …``,
         ``image file is truncated …``).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
+        if os.path.islink(path) and not os.path.exists(path):
+            return f"broken symbolic link (to {os.readlink(path)})"
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
         with Image.open(path) as image:
             image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale; the whole stream is still read
-            image.convert("RGB")
+            image.load()
+            to_rgb(ImageOps.exif_transpose(image))  # what the loader does, at the draft size
     except Exception as err:  # OSError, SyntaxError, DecompressionBombError, MemoryError, …
         return " ".join(str(err).split()) or type(err).__name__
     return None
@@ -124,17 +141,15 @@ def build_imagefolder(
         )
     if not any(p.is_dir() for p in split_dir.iterdir()):
         raise ValueError(f"no class sub-folders in {split_dir} (expected {split_dir}/<class>/<images>)")
-    transform = create_transform(
-        img_size,
-        is_training=is_training,
-        interpolation=interpolation,
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        crop_pct=crop_pct,
-    )
+    if is_training:
+        transform = create_transform(img_size, is_training=True, interpolation=interpolation,
+                                     mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=crop_pct)
+    else:  # exactly what predict applies to a file (the checkpoint records this Preprocess)
+        transform = Preprocess(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation,
+                               mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     try:
-        return ImageFolder(str(split_dir), transform=transform, loader=safe_loader)
+        return ImageFolder(str(split_dir), transform=transform, loader=safe_loader, is_valid_file=is_image_file)
     except FileNotFoundError as err:  # torchvision: no valid image in any class folder
         raise ValueError(
-            f"no images in {split_dir} (extensions: {', '.join(IMG_EXTENSIONS)}): {err}"
+            f"no images in {split_dir} (extensions: {', '.join(IMAGE_SUFFIXES)}): {err}"
         ) from err

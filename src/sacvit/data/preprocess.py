@@ -12,12 +12,18 @@ checkpoint's metadata, so a trained model carries its own preprocessing):
   to ``size / crop_pct``, centre crop, normalise).
 
 :func:`open_image` reads any image PIL decodes — palette, RGBA, CMYK, 16-bit, EXIF-rotated — or
-raises ``ValueError`` naming the file and the reason.
+raises ``ValueError`` naming the file and the reason; :func:`to_rgb` is the one conversion of such
+an image to RGB (16-bit and float gray scaled, not clipped) and :func:`load_rgb` is both, from a
+file: the loader of the image-folder datasets (training, holdout and test splits alike), so that
+training, evaluation, calibration, ``predict``, ``visualize``, the export check and
+``from_pretrained(...).preprocess`` decode every file identically. :meth:`Preprocess.load` goes
+from a file to the evaluation tensor in one call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +35,7 @@ from torch import Tensor
 
 from .fashion_mnist import FMNIST_MEAN, FMNIST_STD, gray_to_tensor, resize_gray
 
-__all__ = ["Preprocess", "open_image", "preprocess_for", "IMAGE_SUFFIXES"]
+__all__ = ["Preprocess", "open_image", "to_rgb", "load_rgb", "preprocess_for", "IMAGE_SUFFIXES"]
 
 #: Suffixes of the files a folder is searched for (a file named explicitly is always tried).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -85,7 +91,19 @@ class Preprocess:
                 t = (t - torch.tensor(self.mean[:1]).view(-1, 1, 1)) / torch.tensor(self.std[:1]).view(-1, 1, 1)
             return t[:1].expand(self.channels, -1, -1).contiguous()
         transform = _rgb_transform(self.img_size, self.interpolation, self.mean, self.std, self.crop_pct)
-        return transform(_rgb_image(image))
+        return transform(to_rgb(image))
+
+    def load(self, path: str | Path) -> Tensor:
+        """The evaluation tensor of an image file: :func:`open_image`, then this preprocessing.
+
+        Raises:
+            ValueError: ``cannot read image PATH: REASON``.
+        """
+        image = open_image(path)
+        try:
+            return self(image)
+        except Exception as err:  # a decodable image in a mode PIL cannot convert (LAB, HSV, …)
+            raise ValueError(f"cannot read image {path}: cannot convert a {image.mode} image: {err}") from None
 
     def denormalize(self, x: Tensor) -> np.ndarray:
         """An ``(H, W, 3)`` (or ``(H, W)`` gray) array in [0, 1] of a preprocessed tensor, for display."""
@@ -121,6 +139,8 @@ def open_image(path: str | Path):
     from PIL import Image, ImageOps
 
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"cannot read image {path}: broken symbolic link (to {os.readlink(path)})")
     try:
         with Image.open(path) as img:
             img.load()
@@ -152,13 +172,35 @@ def _gray_array(image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def _rgb_image(image):
-    """The image in PIL's ``RGB`` mode; 16-bit and float gray are scaled first (PIL would clip them)."""
+def to_rgb(image):
+    """The image in PIL's ``RGB`` mode (itself when it already is); 16-bit and float gray are scaled
+    first (PIL's own conversion would clip them to white), palette/LA/RGBA/CMYK as PIL converts them."""
     from PIL import Image
 
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return Image.fromarray(_gray_array(image)).convert("RGB")
     return image.convert("RGB")
+
+
+_rgb_image = to_rgb  # the earlier private name
+
+
+def load_rgb(path: str | Path):
+    """An image file as an upright RGB ``PIL.Image``: :func:`open_image`, then :func:`to_rgb`.
+
+    The loader of the image-folder datasets; :class:`Preprocess` applies the same :func:`to_rgb`
+    to what ``predict`` opens, so both see the same pixels.
+
+    Raises:
+        ValueError: ``cannot read image PATH: REASON``.
+    """
+    image = open_image(path)
+    try:
+        return to_rgb(image)
+    except Exception as err:  # LAB, HSV, …: decodable, not convertible
+        raise ValueError(f"cannot read image {path}: cannot convert a {image.mode} image: {err}") from None
 
 
 @lru_cache(maxsize=8)

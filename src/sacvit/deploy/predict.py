@@ -76,12 +76,15 @@ TABLE = (Column("file", "path"), Column("class", "class"), Column("prob", "prob"
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, folders expanded recursively to their image files (sorted, by suffix).
 
-    A path that does not exist is kept, so that it is reported as a failure like any other.
+    A path that does not exist is kept, so that it is reported as a failure like any other; so is a
+    broken symbolic link (or an unreadable file) with an image suffix inside a folder: it is reported
+    with its reason and makes the exit status 1, never skipped without a word.
     """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(f for f in p.rglob("*") if (f.is_file() or (f.is_symlink() and not f.exists()))
+                              and f.suffix.lower() in IMAGE_SUFFIXES))
         else:
             out.append(p)
     return out

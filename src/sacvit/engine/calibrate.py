@@ -191,7 +191,7 @@ def store_threshold(checkpoint, choice: Choice, record: dict[str, Any]) -> bool:
 def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_dir=None, split: str = "holdout",
               length: int | None = None, seed: int = 0, budget_gmacs: float | None = None,
               max_drop: float | None = None, reference_top1: float | None = None, exit_share: float | None = None,
-              batch_size: int = 64, device=None, write: bool = True) -> Calibration:
+              batch_size: int = 64, device=None, write: bool = True, check_names: bool = True) -> Calibration:
     """Choose η on held-out images for one budget and store it in the checkpoint.
 
     One pass over the split gives both stages' predictions of every image
@@ -207,12 +207,16 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
         budget_gmacs, max_drop, reference_top1, exit_share: the budget (see :func:`choose_threshold`).
         batch_size, device: of the evaluation pass.
         write: store η in the checkpoint (``False``: only report).
+        check_names: refuse data whose ``classes`` are not the checkpoint's class names in the same
+            order (``False``: match classes by index).
 
     Raises:
-        ValueError: not a SAC-ViT checkpoint, not exactly one budget, or no η meets the budget
-            (the checkpoint is then unchanged).
+        ValueError: not a SAC-ViT checkpoint, not exactly one budget, class names (or their
+            number) that differ from the data's, or no η meets the budget (the checkpoint is then
+            unchanged).
     """
     from ..data import build_dataset
+    from ..data.classes import IGNORE_HINT, check_class_names, describe_data
     from ..model import SACViT
     from ..io.checkpoint import load_checkpoint
     from .evaluate import collect
@@ -225,9 +229,13 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
     source = {"data": data, "split": split, "seed": seed, "length": length}
     if dataset is None:
         dataset = build_dataset(data, data_dir, split, int(model.patch_embed.img_size[0]), length=length, seed=seed)
+        described = describe_data(data, data_dir, split)
     else:
         source = {"data": type(dataset).__name__}
+        described = f"the calibration data ({type(dataset).__name__})"
     classes = getattr(dataset, "classes", None)
+    if check_names and classes is not None:
+        check_class_names(meta.class_names, classes, f"{checkpoint} vs {described}", IGNORE_HINT)
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the calibration data {len(classes)}")
     records = collect(model, dataset, batch_size, device)

@@ -24,7 +24,8 @@ from .. import flops
 from ..devices import resolve_device
 from .timing import throughput
 from ..stats import wilson_interval
-from ..io.checkpoint import load_checkpoint
+from ..data.classes import IGNORE_HINT, check_class_names
+from ..io.checkpoint import load_checkpoint, read_metadata
 
 __all__ = ["StageRecords", "collect", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
            "DEFAULT_THRESHOLDS", "baseline_row"]
@@ -95,6 +96,18 @@ def _load(model: nn.Module | str | Path, device: torch.device) -> tuple[nn.Modul
     return net, meta.model_name
 
 
+def _check_names(source: nn.Module | str | Path | None, dataset: Dataset, model: nn.Module | None = None) -> None:
+    """The class names of a checkpoint (or of an object with ``class_names``) against the dataset's ``classes``."""
+    classes = getattr(dataset, "classes", None)
+    if source is None or classes is None:
+        return
+    if isinstance(source, (str, Path)):
+        check_class_names(read_metadata(source).class_names, classes, f"{source} vs the evaluation data", IGNORE_HINT)
+    elif getattr(source, "class_names", None) is not None:
+        check_class_names(source.class_names, classes, f"the model ({type(source).__name__}) vs the evaluation data",
+                          IGNORE_HINT)
+
+
 def _batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device, desc: str):
     from tqdm.auto import tqdm
 
@@ -156,6 +169,7 @@ def evaluate(
     device: str | torch.device | None = None,
     workers: int = 0,
     timing_batches: int = 8,
+    check_names: bool = True,
 ) -> list[dict[str, Any]]:
     """Sweep the exit threshold of a SAC-ViT on ``dataset``.
 
@@ -168,6 +182,8 @@ def evaluate(
         device: default CUDA when available.
         workers: DataLoader workers.
         timing_batches: batches timed per row for the throughput (after one warm-up batch; 0: none).
+        check_names: refuse a checkpoint (or a model with ``class_names``) whose class names are not
+            the dataset's ``classes`` in the same order (``False``: match classes by index).
 
     Returns:
         One dict per row with :data:`COLUMNS`: ``mode`` is ``"sacvit"`` (one per threshold),
@@ -176,7 +192,8 @@ def evaluate(
         the images that exit / go through SAC, ``gmacs`` the mean per image, ``img_per_s``.
 
     Raises:
-        ValueError: not a SAC-ViT, a class count that does not match the data, an empty dataset.
+        ValueError: not a SAC-ViT, a class count (or, with ``check_names``, class names) that does
+            not match the data, an empty dataset.
     """
     from ..model import SACViT
 
@@ -186,6 +203,9 @@ def evaluate(
         raise ValueError(f"{checkpoint_or_model} is not a SAC-ViT ({name}); pass plain ViTs as the baseline")
     if len(dataset) == 0:
         raise ValueError("the evaluation dataset is empty")
+    if check_names:  # before any long pass: the SAC-ViT's names, then the baseline's
+        _check_names(checkpoint_or_model, dataset, model)
+        _check_names(baseline, dataset)
     classes = getattr(dataset, "classes", None)
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the dataset {len(classes)}")

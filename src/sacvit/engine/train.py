@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import SACConfig
 from ..devices import amp_dtype
+from ..data.classes import check_class_names
 from ..data.preprocess import preprocess_for
 from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
 from .logs import append_json, restore_logs
@@ -171,8 +172,12 @@ def _default_img_size(cfg: TrainConfig) -> int:
     return int(pretrained.input_size[-1]) if pretrained is not None else 224
 
 
-def _build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> tuple[nn.Module, dict[str, Any]]:
-    """Create the model from the config; returns it and its ``timm.create_model`` kwargs (no ``sac``)."""
+def _build_model(cfg: TrainConfig, num_classes: int, img_size: int,
+                 classes: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Create the model from the config; returns it and its ``timm.create_model`` kwargs (no ``sac``).
+
+    An ``--init`` checkpoint whose head is loaded (same class count) and that records class names
+    (a sacvit checkpoint) must record ``classes``, in order."""
     import timm
 
     if not timm.models.is_model(cfg.model):
@@ -189,8 +194,21 @@ def _build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> tuple[nn.
     if cfg.init:
         from ..model import load_backbone_weights
 
-        load_backbone_weights(model, cfg.init)
+        left = load_backbone_weights(model, cfg.init)
+        names = _recorded_class_names(cfg.init)
+        if classes is not None and names is not None and not any(k.startswith("head.") for k in left):
+            check_class_names(names, classes, f"--init {cfg.init} (its head is loaded) vs the training data")
     return model, kwargs
+
+
+def _recorded_class_names(path: str) -> list[str] | None:
+    """The class names a sacvit checkpoint records; ``None`` for other weights (DeiT, timm)."""
+    from ..io.checkpoint import CheckpointError, read_metadata
+
+    try:
+        return list(read_metadata(path).class_names)
+    except (CheckpointError, FileNotFoundError):
+        return None
 
 
 def _schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -324,14 +342,12 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         seed_everything(cfg.seed + d.rank)  # rank 0 = the single-process initialisation; DDP broadcasts it
         if snap is not None:
             model, meta, state = snap.model, snap.meta, snap.state
-            if list(meta.class_names) != classes:
-                raise ValueError(f"{snap.folder} was trained on classes {list(meta.class_names)[:5]}…, "
-                                 f"the data has {classes[:5]}…")
+            check_class_names(meta.class_names, classes, f"--resume from {snap.folder} vs the training data")
             model_kwargs, start_epoch = meta.model_kwargs, snap.epoch
             if d.main:
                 restore_logs(out, state["history"], state["step"])
         else:
-            model, model_kwargs = _build_model(cfg, len(classes), img_size)
+            model, model_kwargs = _build_model(cfg, len(classes), img_size, classes)
             state, start_epoch = None, 0
             if d.main:
                 out.mkdir(parents=True, exist_ok=True)
