@@ -198,8 +198,39 @@ def test_calibration_meets_its_budget_and_predict_uses_it(ckpt, files, capsys):
     assert rc == 0 and r["threshold"] == eta and (r["stage"] == "EE") == (r["ee_confidence"] >= eta)
     for kind, value, check in (("max_drop", 1.0, lambda row, sac_top1: row["top1"] >= sac_top1 - 1.0 - 1e-9),
                                ("exit_share", 0.7, lambda row, _: row["exit_share"] >= 0.7)):
-        eta = sacvit.calibrate(ckpt, data="synthetic", **{kind: value}).choice.threshold
+        eta = sacvit.calibrate(ckpt, data="synthetic", rule="estimate", **{kind: value}).choice.threshold
         assert check(records.row(eta), records.row(SAC_ONLY)["top1"]), kind
+
+
+KEYS = {"threshold", "certified", "rule", "max_drop", "delta", "images", "gmacs", "exit_share", "top1",
+        "reference_top1", "bound"}
+
+
+def test_certified_calibrate_json(ckpt, capsys):
+    before = read_metadata(ckpt).threshold
+    # ε = 0 against SAC only cannot be certified (the loss is 0 at SAC only, H0: drop ≥ 0 holds)
+    rc, out, _ = _run(capsys, "calibrate", "--checkpoint", ckpt, "--data", "synthetic", "--max-drop", 0,
+                      "--test", "exact", "--json")
+    r = json.loads(out)
+    assert rc == 2 and KEYS <= set(r) and r["certified"] is False and r["threshold"] is None
+    assert r["rule"] == "certified" and r["bound"] >= 0 and read_metadata(ckpt).threshold == before
+    # ε = 100 pt: everything is certified, the cheapest point (every image exits) is returned and stored
+    rc, out, _ = _run(capsys, "calibrate", "--checkpoint", ckpt, "--data", "synthetic", "--max-drop", 100, "--json")
+    r = json.loads(out)
+    assert rc == 0 and r["certified"] is True and isinstance(r["threshold"], float) and r["exit_share"] == 1.0
+    meta = read_metadata(ckpt)
+    assert meta.threshold == r["threshold"] and meta.calibration["certified"] is True
+    assert meta.calibration["delta"] == 0.05 and "probability" in meta.calibration["statement"]
+    # label-free
+    rc, out, _ = _run(capsys, "calibrate", "--checkpoint", ckpt, "--data", "synthetic", "--agreement",
+                      "--max-drop", 100, "--json", "--dry-run")
+    r = json.loads(out)
+    assert rc == 0 and r["test"] == "agreement" and r["top1"] is None and r["certified"] is True
+    # bad budgets are refused by the parser
+    for bad in (("--max-drop", -3), ("--delta", 0), ("--delta", 1.5)):
+        with pytest.raises(SystemExit) as e:
+            _run(capsys, "calibrate", "--checkpoint", ckpt, *bad)
+        assert e.value.code == 2
 
 
 def test_calibrate_cli_and_an_impossible_budget(ckpt, capsys, tmp_path):

@@ -94,10 +94,16 @@ def calibration_report(result: Calibration, checkpoint, out=None) -> str:
 
     c, ch = result.curve, result.choice
     lines = [f"curve on {ch.images} held-out images ({len(c.threshold)} operating points; a sample):",
-             format_table(curve_rows(c, chosen=ch.threshold), CURVE_TABLE, left=0),
-             f"chosen: η = {ch.threshold:.6g} ({ch.criterion}): top-1 {ch.top1:.2f}%, {ch.gmacs:.4f} GMACs/image, "
-             f"{ch.exit_share:.1%} exit at EE",
-             f"stored in {checkpoint}" if result.written else "dry run: the checkpoint is unchanged"]
+             format_table(curve_rows(c, chosen=ch.threshold), CURVE_TABLE, left=0)]
+    top1 = "–" if ch.top1 is None else f"{ch.top1:.2f}%"
+    if ch.threshold is None:
+        lines.append(f"not certified ({ch.criterion}): {ch.statement}")
+    else:
+        lines.append(f"chosen: η = {ch.threshold:.6g} ({ch.criterion}): top-1 {top1}, {ch.gmacs:.4f} GMACs/image, "
+                     f"{ch.exit_share:.1%} exit at EE")
+        if ch.statement:
+            lines.append(ch.statement)
+    lines.append(f"stored in {checkpoint}" if result.written else "the checkpoint is unchanged")
     if out is not None:
         rows = [{"threshold": float(t), "exit_share": float(e), "top1": float(a), "gmacs": float(g)}
                 for t, e, a, g in zip(c.threshold, c.exit_share, c.top1, c.gmacs)]

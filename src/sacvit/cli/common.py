@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any, Callable
 
-__all__ = ["HelpFormatter", "json_dict", "number_list", "thresholds"]
+__all__ = ["HelpFormatter", "json_dict", "nonnegative", "number_list", "open_unit_interval", "positive", "thresholds",
+           "unit_interval"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -50,3 +51,23 @@ def number_list(kind: Callable[[str], Any] = float, lo: float | None = None,
 
 
 thresholds = number_list(float, 0.0, 1.0)
+
+
+def _bounded(test: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+nonnegative = _bounded(lambda v: 0 <= v < float("inf"), "≥ 0")
+positive = _bounded(lambda v: 0 < v < float("inf"), "> 0")
+unit_interval = _bounded(lambda v: 0 <= v <= 1, "in [0, 1]")
+open_unit_interval = _bounded(lambda v: 0 < v < 1, "in (0, 1)")

@@ -17,9 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import SAC_ONLY, StageRecords
+from .. import certify
+from ..data import build_dataset
+from ..data.classes import IGNORE_HINT, check_class_names, describe_data
+from ..io.checkpoint import load_checkpoint, read_metadata, update_metadata
+from ..model import SACViT
+from .evaluate import SAC_ONLY, StageRecords, collect, plain_correct
 
-__all__ = ["Calibration", "Curve", "Choice", "calibrate", "curve", "curve_rows", "choose_threshold", "exit_thresholds",
+__all__ = ["Calibration", "Curve", "Choice", "RULES", "TESTS", "calibrate", "certified_choice", "curve", "curve_rows",
+           "choose_threshold", "exit_thresholds",
            "calibration_record", "store_threshold"]
 
 
@@ -42,17 +48,44 @@ class Curve:
 
 @dataclass
 class Choice:
-    """The chosen operating point and why."""
+    """The chosen operating point and why (the ``calibration`` record a checkpoint stores).
 
-    threshold: float
-    top1: float
+    Attributes:
+        threshold: η, or ``None`` when a certified rule certified nothing (η then stays as it was).
+        top1, gmacs, exit_share: on the calibration images at ``threshold`` (at SAC only when ``None``).
+        criterion: the budget in words.
+        images: calibration images.
+        rule: ``"certified"`` (a finite-sample guarantee, :mod:`sacvit.certify`), ``"estimate"``
+            (the point estimate, no guarantee), ``"budget_gmacs"`` or ``"exit_share"``.
+        certified: whether a guarantee holds (only the certified rule gives one).
+        test: the certified rule's test (``"betting"``, ``"exact"`` or, label-free, ``"agreement"``).
+        max_drop, delta: ε in top-1 points and δ of an accuracy budget.
+        reference_top1: the reference's top-1 on the calibration images (``None``: label-free).
+        bound: the one-sided (1 − δ) upper bound on the drop in points at ``threshold`` (or the best reached).
+        statement: the guarantee, or why there is none, in one sentence.
+    """
+
+    threshold: float | None
+    top1: float | None
     gmacs: float
     exit_share: float
     criterion: str
     images: int
+    rule: str = "budget"
+    certified: bool = False
+    test: str | None = None
+    max_drop: float | None = None
+    delta: float | None = None
+    reference_top1: float | None = None
+    bound: float | None = None
+    statement: str = ""
 
-    def to_dict(self) -> dict[str, float | str | int]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+RULES = ("certified", "estimate")
+TESTS = ("betting", "exact")
 
 
 def curve(records: StageRecords) -> Curve:
@@ -132,8 +165,10 @@ def choose_threshold(records: StageRecords, *, budget_gmacs: float | None = None
         ok = c.exit_share >= exit_share - 1e-12
         best = np.flatnonzero(ok)[np.lexsort((c.gmacs[ok], -c.top1[ok]))[0]]
         criterion = f"most accurate with ≥ {exit_share:.0%} exiting at EE"
+    rule = "budget_gmacs" if budget_gmacs is not None else "estimate" if max_drop is not None else "exit_share"
     return Choice(threshold=float(c.threshold[best]), top1=float(c.top1[best]), gmacs=float(c.gmacs[best]),
-                  exit_share=float(c.exit_share[best]), criterion=criterion, images=len(records))
+                  exit_share=float(c.exit_share[best]), criterion=criterion, images=len(records), rule=rule,
+                  max_drop=max_drop, reference_top1=reference_top1)
 
 
 @dataclass
@@ -178,57 +213,99 @@ def calibration_record(choice: Choice, budget: dict[str, Any], **source: Any) ->
 
 def store_threshold(checkpoint, choice: Choice, record: dict[str, Any]) -> bool:
     """Make ``choice.threshold`` the checkpoint's default η with ``record`` as its calibration record
-    (atomic rewrite, weights verified); ``False`` when the checkpoint already holds both."""
-    from ..io.checkpoint import read_metadata, update_metadata
-
+    (atomic rewrite, weights verified); ``False`` when the checkpoint already holds both, or when
+    there is no threshold to store (nothing certified: the checkpoint is left as it was)."""
     meta = read_metadata(checkpoint)
+    if choice.threshold is None:
+        return False
     if meta.threshold == choice.threshold and meta.calibration == record:
         return False
     update_metadata(checkpoint, threshold=choice.threshold, calibration=record)
     return True
 
 
-def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_dir=None, split: str = "holdout",
-              length: int | None = None, seed: int = 0, budget_gmacs: float | None = None,
-              max_drop: float | None = None, reference_top1: float | None = None, exit_share: float | None = None,
+def certified_choice(records: StageRecords, reference_correct: np.ndarray | None, *, max_drop: float,
+                     delta: float = 0.05, rule: str = "certified", test: str = "betting") -> Choice:
+    """The cheapest η within ``max_drop`` top-1 points of a reference, by ``rule``.
+
+    ``rule="certified"``: Learn-then-Test with ``test`` (:func:`sacvit.certify.certify`): with
+    probability ≥ 1 − δ over the calibration images, top-1 at η is at most ε below the reference's
+    for images drawn like them. ``reference_correct=None`` and ``test="agreement"``: label-free, the
+    guarantee is on disagreement with the model's own SAC-only prediction
+    (:func:`sacvit.certify.certify_agreement`). ``rule="estimate"``: the point estimate, no guarantee.
+    """
+    if max_drop < 0 or not 0 < delta < 1:
+        raise ValueError(f"--max-drop must be ≥ 0 and --delta in (0, 1), got {max_drop} and {delta}")
+    r = records
+    if test == "agreement":
+        if r.agree is None:
+            raise ValueError("these records hold no EE/SAC agreement (recompute them): the label-free mode needs it")
+        cert = certify.certify_agreement(r.confidence, r.agree, r.gmacs_ee, r.gmacs_sac, max_drop=max_drop, delta=delta)
+        what = "disagreement with SAC only"
+    else:
+        if rule not in RULES or test not in TESTS:
+            raise ValueError(f"rule must be one of {RULES} and test one of {TESTS}, got {rule!r}, {test!r}")
+        ref = r.correct_sac if reference_correct is None else np.asarray(reference_correct, dtype=bool)
+        if ref.shape != r.correct_sac.shape:
+            raise ValueError(f"the reference has {ref.size} results, the calibration records {r.correct_sac.size}")
+        fn = certify.certify if rule == "certified" else certify.estimate_rule
+        cert = fn(r.confidence, r.correct_ee, r.correct_sac, ref, r.gmacs_ee, r.gmacs_sac, max_drop=max_drop,
+                  delta=delta, test=test)
+        what = "SAC only" if reference_correct is None else "the reference checkpoint"
+    kind = "certified" if cert.rule == "certified" else "point estimate"
+    return Choice(threshold=cert.threshold, top1=cert.top1, gmacs=cert.gmacs, exit_share=cert.exit_share,
+                  criterion=f"cheapest within {max_drop:g} pt of {what} ({kind}, δ = {delta:g})", images=cert.images,
+                  rule=cert.rule, certified=cert.certified, test=cert.test, max_drop=max_drop, delta=delta,
+                  reference_top1=cert.reference_top1, bound=cert.bound, statement=cert.statement)
+
+
+def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=None, split: str = "holdout",
+              length: int | None = None, seed: int | None = None, budget_gmacs: float | None = None,
+              max_drop: float | None = None, delta: float = 0.05, rule: str = "certified", test: str = "betting",
+              reference_checkpoint=None, agreement: bool = False, exit_share: float | None = None,
               batch_size: int = 64, device=None, write: bool = True, check_names: bool = True) -> Calibration:
     """Choose η on held-out images for one budget and store it in the checkpoint.
 
     One pass over the split gives both stages' predictions of every image
-    (:func:`~sacvit.engine.evaluate.collect`); :func:`choose_threshold` picks the operating point;
-    the checkpoint's metadata is rewritten atomically with the same weights (verified) so that
-    ``sacvit predict``, ``sacvit eval`` and ``sacvit.from_pretrained`` use the new η by default.
+    (:func:`~sacvit.engine.evaluate.collect`). With ``max_drop`` (the default budget: 0.5 pt) η is
+    the cheapest one *certified* to lose at most that many top-1 points against the reference —
+    the same model with every image through SAC, or ``reference_checkpoint`` (e.g. the baseline) —
+    with probability ≥ 1 − ``delta`` (:func:`certified_choice`); ``agreement=True`` needs no labels.
+    When nothing is certified, the checkpoint keeps its η and the returned choice says so
+    (``threshold`` is ``None``). The checkpoint's metadata is rewritten atomically with the same
+    weights (verified), so ``sacvit predict``, ``eval``, ``export`` and ``from_pretrained`` use it.
 
     Args:
         checkpoint: the SAC-ViT checkpoint (``.safetensors``) to calibrate.
-        dataset: the images to calibrate on (default: ``build_dataset(data, data_dir, split, …)``
-            at the model's input size).
-        data, data_dir, split, length, seed: what :func:`~sacvit.data.build_dataset` builds.
-        budget_gmacs, max_drop, reference_top1, exit_share: the budget (see :func:`choose_threshold`).
+        dataset: the images to calibrate on (default: ``build_dataset(data, data_dir, split, …)`` at
+            the model's input size; ``data``, ``data_dir`` and ``seed`` default to the checkpoint's
+            recorded training data).
+        budget_gmacs, exit_share: the other budgets (see :func:`choose_threshold`).
+        max_drop, delta, rule, test, reference_checkpoint, agreement: the accuracy budget.
         batch_size, device: of the evaluation pass.
         write: store η in the checkpoint (``False``: only report).
-        check_names: refuse data whose ``classes`` are not the checkpoint's class names in the same
-            order (``False``: match classes by index).
+        check_names: refuse data whose ``classes`` are not the checkpoint's class names in order.
 
     Raises:
-        ValueError: not a SAC-ViT checkpoint, not exactly one budget, class names (or their
-            number) that differ from the data's, or no η meets the budget (the checkpoint is then
-            unchanged).
+        ValueError: not a SAC-ViT checkpoint, more than one budget, class names that differ from
+            the data's, or no η meets a GMACs / exit-share budget (the checkpoint is unchanged).
     """
-    from ..data import build_dataset
-    from ..data.classes import IGNORE_HINT, check_class_names, describe_data
-    from ..model import SACViT
-    from ..io.checkpoint import load_checkpoint
-    from .evaluate import collect
-
+    given = sum(v is not None for v in (budget_gmacs, max_drop, exit_share))
+    if given > 1:
+        raise ValueError("give at most one budget: --budget-gmacs, --max-drop or --exit-share")
+    if given == 0:
+        max_drop = 0.5
     model, meta = load_checkpoint(checkpoint)
     if not isinstance(model, SACViT):
         raise ValueError(f"{checkpoint} holds a plain ViT ({meta.model_name}): only a SAC-ViT has an exit threshold")
-    if sum(v is not None for v in (budget_gmacs, max_drop, exit_share)) != 1:
-        raise ValueError("give exactly one budget: --budget-gmacs, --max-drop or --exit-share")
+    spec = meta.data
+    data = data or (spec.name if spec else "cluttered-fmnist")
+    data_dir = data_dir if data_dir is not None else (spec.folder if spec and spec.name == data else None)
+    seed = seed if seed is not None else (spec.seed if spec and spec.name == data else 0)
     source = {"data": data, "split": split, "seed": seed, "length": length}
     if dataset is None:
-        dataset = build_dataset(data, data_dir, split, int(model.patch_embed.img_size[0]), length=length, seed=seed)
+        dataset = build_dataset(data, data_dir, split, int(model.patch_embed.img_size[0]), length=length, seed=seed,
+                                holdout=spec.holdout if spec and spec.name == data else None)
         described = describe_data(data, data_dir, split)
     else:
         source = {"data": type(dataset).__name__}
@@ -239,11 +316,19 @@ def calibrate(checkpoint, dataset=None, *, data: str = "cluttered-fmnist", data_
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the calibration data {len(classes)}")
     records = collect(model, dataset, batch_size, device)
-    choice = choose_threshold(records, budget_gmacs=budget_gmacs, max_drop=max_drop, reference_top1=reference_top1,
-                              exit_share=exit_share)
-    budget = {"budget_gmacs": budget_gmacs, "max_drop": max_drop, "reference_top1": reference_top1,
-              "exit_share": exit_share}
+    if max_drop is not None:
+        reference = None
+        if reference_checkpoint is not None and not agreement:
+            base, base_meta = load_checkpoint(reference_checkpoint)
+            if check_names and classes is not None:
+                check_class_names(base_meta.class_names, classes, f"{reference_checkpoint} vs {described}", IGNORE_HINT)
+            reference = plain_correct(base, dataset, batch_size, device)
+            source["reference_checkpoint"] = str(reference_checkpoint)
+        choice = certified_choice(records, reference, max_drop=max_drop, delta=delta, rule=rule,
+                                  test="agreement" if agreement else test)
+    else:
+        choice = choose_threshold(records, budget_gmacs=budget_gmacs, exit_share=exit_share)
+    budget = {"budget_gmacs": budget_gmacs, "max_drop": max_drop, "exit_share": exit_share}
     record = calibration_record(choice, budget, **source, previous_threshold=model.sac_cfg.threshold)
-    if write:
-        store_threshold(checkpoint, choice, record)
-    return Calibration(choice=choice, curve=curve(records), records=records, record=record, written=write)
+    written = bool(write) and store_threshold(checkpoint, choice, record)
+    return Calibration(choice=choice, curve=curve(records), records=records, record=record, written=written)
