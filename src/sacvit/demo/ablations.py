@@ -34,7 +34,7 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
 )
 
 
-def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin: Path, baseline_holdout: float,
+def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin: Path, baseline_holdout,
                   main_test, main_eta: float) -> list[dict[str, Any]]:
     """Train (or reuse) every variant and return one row per variant, the full method first.
 
@@ -58,8 +58,8 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
                          sac={k: v for k, v in change.items() if k in sac_fields},
                          recipe_changes={k: v for k, v in change.items() if k not in sac_fields})
         holdout = ev.stages(path, "holdout")
-        choice, met = calibrate(holdout, baseline_holdout, cfg.tolerance)
-        rows.append(_row(label, key, ev.stages(path, "test"), holdout, choice.threshold, met, base_t, cfg.seed))
+        choice, eta = calibrate(holdout, baseline_holdout, cfg.tolerance, cfg.delta)
+        rows.append(_row(label, key, ev.stages(path, "test"), holdout, eta, choice.certified, base_t, cfg.seed))
     return rows
 
 

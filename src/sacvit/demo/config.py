@@ -110,8 +110,9 @@ class DemoConfig:
             garments are 24–40 px) was chosen on the held-out split among 3, 4, 5 at the demo
             budget — the side whose calibrated η costs the fewest held-out GMACs (DESIGN's
             default, LF-ViT's ``m = 5`` for ImageNet, stays ``SACConfig``'s default).
-        tolerance: η is the cheapest threshold whose held-out top-1 is at most this many points
-            below the baseline's held-out top-1 (the target's own tolerance).
+        tolerance: ε: η is the cheapest threshold certified (Learn then Test, :mod:`sacvit.certify`)
+            to be at most this many top-1 points below the baseline, on the held-out split.
+        delta: δ: the certificate holds with probability ≥ 1 − δ over the held-out images.
         thresholds: the η sweep reported on the test split (the calibrated η is added).
         tome_r, evit_keep: the peers' settings on the baseline's weights (spanning the compute of
             SAC-ViT's operating points on the 4-block, 196-token demo ViT).
@@ -132,6 +133,7 @@ class DemoConfig:
     recipe: Recipe = field(default_factory=Recipe)
     sac: dict[str, Any] = field(default_factory=lambda: {"window": 3})
     tolerance: float = 0.5
+    delta: float = 0.05
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
     tome_r: tuple[int, ...] = (16, 32, 48)
     evit_keep: tuple[float, ...] = (0.7, 0.5, 0.3)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.calibrate import Choice, choose_threshold
+from ..engine.calibrate import Choice, certified_choice
 from ..engine.evaluate import SAC_ONLY, StageRecords, collect, plain_correct
 from ..stats import compare, wilson_interval
 
@@ -80,17 +80,17 @@ class Evidence:
         return correct
 
 
-def calibrate(records: StageRecords, reference_top1: float, tolerance: float) -> tuple[Choice, bool]:
-    """η on held-out records: the cheapest point within ``tolerance`` of ``reference_top1``.
+def calibrate(records: StageRecords, reference_correct: np.ndarray, tolerance: float,
+              delta: float = 0.05) -> tuple[Choice, float]:
+    """η on held-out records: the cheapest one *certified* within ``tolerance`` points of the
+    reference (the baseline's per-image results on the same images) with probability ≥ 1 − δ.
 
     Returns:
-        The choice and whether the criterion was met; when no point meets it, the most accurate
-        point is returned (and ``False``), so that the miss is reported, not hidden.
+        The choice and the η to report: the certified one, or SAC only (no early exit) when
+        nothing is certified — the miss is reported (``choice.certified`` is False), not hidden.
     """
-    try:
-        return choose_threshold(records, max_drop=tolerance, reference_top1=reference_top1), True
-    except ValueError:
-        return choose_threshold(records, budget_gmacs=float("inf")), False
+    choice = certified_choice(records, reference_correct, max_drop=tolerance, delta=delta)
+    return choice, choice.threshold if choice.certified else SAC_ONLY
 
 
 def plain_row(label: str, mode: str, correct: np.ndarray, gmacs: float) -> dict[str, Any]:

@@ -45,11 +45,17 @@ def evaluation_datasets(cfg: DemoConfig) -> dict[str, Any]:
 
 def _store_threshold(path: Path, choice, met: bool, reference: float, cfg: DemoConfig) -> None:
     """Make the calibrated η the checkpoint's default, as ``sacvit calibrate`` does, so that
-    ``sacvit predict``/``eval``/``from_pretrained`` on the demo's SAC-ViT use it."""
+    ``sacvit predict``/``eval``/``from_pretrained`` on the demo's SAC-ViT use it. When nothing is
+    certified the demo reports SAC only, and stores that (η > 1: no early exit) with the record."""
+    import dataclasses
+
     from ..engine.calibrate import calibration_record, store_threshold
 
+    if choice.threshold is None:
+        choice = dataclasses.replace(choice, threshold=SAC_ONLY)
+
     store_threshold(path, choice, calibration_record(
-        choice, {"max_drop": cfg.tolerance, "reference_top1": reference}, criterion_met=met, data="cluttered-fmnist",
+        choice, {"max_drop": cfg.tolerance, "delta": cfg.delta}, criterion_met=met, data="cluttered-fmnist",
         split="holdout", seed=cfg.seed, length=cfg.budget().holdout, by="sacvit demo"))
 
 
@@ -83,8 +89,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # ---- calibration on the held-out split
     base_h = ev.plain(ckpt["baseline"], "holdout")
     sac_h = ev.stages(ckpt["sacvit"], "holdout")
-    choice, met = calibrate(sac_h, 100 * base_h.mean(), cfg.tolerance)
-    eta = choice.threshold
+    choice, eta = calibrate(sac_h, base_h, cfg.tolerance, cfg.delta)
+    met = choice.certified
     _store_threshold(ckpt["sacvit"], choice, met, 100 * float(base_h.mean()), cfg)
 
     # ---- the test split
@@ -107,7 +113,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "preset": cfg.preset, "budget": asdict(cfg.budget()), "recipe": dict(cfg.recipe),
         "standin": str(standin), "images": {k: len(v) for k, v in ev.datasets.items()},
         "baseline_selection": selection,
-        "calibration": {**choice.to_dict(), "criterion_met": met, "split": "holdout",
+        "calibration": {**choice.to_dict(), "threshold": eta, "certified_threshold": choice.threshold,
+                        "criterion_met": met, "split": "holdout",
                         "baseline_holdout_top1": 100 * float(base_h.mean())},
         "test": {r["mode"] if r["mode"] != "sacvit" else f"sacvit@{r['threshold']:.6g}": r for r in rows},
         "at_eta": sac_t.row(eta, label=f"SAC-ViT η={eta:.3g} (calibrated)"),
@@ -131,10 +138,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
               "SAC-ViT fine-tune (SAC stage)": _shift(curve(out / "sacvit", "val_top1_sac"), standin),
               "SAC-ViT fine-tune (EE stage)": _shift(curve(out / "sacvit", "val_top1_ee"), standin)}
     summary["curves"] = curves
+    summary["headline"] = _headline(summary, choice, eta, base_t, sac_t, baseline)
+    summary["resampling"] = _resampling(cfg, ev, ckpt, base_h, sac_h, base_t, sac_t)
     if cfg.ablations:
         from .ablations import run_ablations
 
-        summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, 100 * float(base_h.mean()), sac_t, eta)
+        summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, base_h, sac_t, eta)
 
     title = f"Cluttered Fashion-MNIST, test split ({len(base_t)} images), preset {cfg.preset}"
     plots.accuracy_vs_gmacs(rows, out / "accuracy_vs_gmacs.png", title, chosen=eta)
@@ -151,6 +160,41 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print(report.verdict(summary))
     print(f"wrote {out}/report.md, summary.json, results.csv and the PNGs ({summary['seconds'] / 60:.1f} min)")
     return summary
+
+
+def _headline(s: dict[str, Any], choice, eta: float, base_t, sac_t, baseline) -> dict[str, Any]:
+    """SAC-ViT at its certified η against the baseline on the test split, in one object."""
+    from .. import flops
+    from .report import bench_row
+
+    d = s["sacvit_vs_baseline"]
+    speed = bench_row(s, "sacvit", eta)
+    row = sac_t.row(eta)
+    return {"certified": bool(choice.certified), "threshold": choice.threshold, "reported_threshold": eta,
+            "max_drop": choice.max_drop, "delta": choice.delta, "holdout_bound": choice.bound,
+            "gmacs_share": row["gmacs"] / flops.vit_gmacs(baseline), "test_top1": row["top1"],
+            "test_top1_ci": [row["top1_low"], row["top1_high"]], "baseline_test_top1": 100 * float(base_t.mean()),
+            "test_diff_pt": d["diff"], "test_diff_ci": [d["diff_low"], d["diff_high"]],
+            "non_inferior": d["diff_low"] >= -choice.max_drop,
+            "throughput_ratio": None if speed is None else speed["speedup"]}
+
+
+def _resampling(cfg: DemoConfig, ev: Evidence, ckpt, base_h, sac_h, base_t, sac_t, draws: int = 200) -> dict[str, Any]:
+    """Does the certificate hold on these records? The held-out and test records pooled are the
+    population; calibration sets are drawn from it with replacement and each rule's η is judged
+    by its true drop on the pool (:func:`sacvit.certify.resample_check`)."""
+    import numpy as np
+
+    from .. import certify
+
+    pool = {k: np.concatenate([getattr(sac_h, k), getattr(sac_t, k)])
+            for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")}
+    ref = np.concatenate([base_h, base_t])
+    n_cal = len(sac_h)
+    check = certify.resample_check(pool["confidence"], pool["correct_ee"], pool["correct_sac"], ref,
+                                   pool["gmacs_ee"], pool["gmacs_sac"], n_cal=n_cal, draws=draws,
+                                   max_drop=cfg.tolerance, delta=cfg.delta, seed=cfg.seed)
+    return {"pool": int(len(ref)), "n_cal": n_cal, **check.to_dict()}
 
 
 def _select_baseline(ev: Evidence, standin: Path, tuned: Path) -> tuple[Path, dict[str, Any]]:
