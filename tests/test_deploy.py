@@ -145,15 +145,16 @@ def test_predict_json_matches_model_predict_and_reports_bad_files(ckpt, files, c
         assert r["top_k"][0]["index"] == int(probs[i].argmax()) and len(r["top_k"]) == 2
         assert r["top_k"][0]["prob"] == pytest.approx(float(probs[i].max()), abs=1e-6)
         assert r["gmacs"] == pytest.approx(float(pred.gmacs[i]))
-        assert r["box"] == (pred.box[i].tolist() if pred.stage[i] else None)
+        assert r["box_input"] == (pred.box[i].tolist() if pred.stage[i] else None)
+        assert (r["box"] is None) == (r["box_input"] is None) and r["size"] is not None
     assert {r["stage"] for r in records.values() if "stage" in r} == {"EE", "SAC"}  # η = 0.5 splits them
 
 
 def test_predict_table_and_exit_codes(ckpt, files, capsys, tmp_path):
     rc, out, err = _run(capsys, "predict", files["rgb.png"], files["gray.png"], "--checkpoint", ckpt)
     lines = out.splitlines()
-    assert rc == 0 and err == "" and len(lines) == 4 and "stage" in lines[0]
-    assert len({len(line.rstrip()) for line in lines[:2]}) == 1  # header and rule aligned
+    assert rc == 0 and err == "" and len(lines) == 5 and "η = 0.76" in lines[0] and "stage" in lines[1]
+    assert len({len(line.rstrip()) for line in lines[1:3]}) == 1  # header and rule aligned
     assert _run(capsys, "predict", files["notes.jpg"], "--checkpoint", ckpt)[0] == 1
     junk = tmp_path / "junk.safetensors"
     junk.write_text("no")
@@ -267,3 +268,32 @@ def test_visualize_writes_figure5_pngs(ckpt, files, capsys, tmp_path):
     rc, _, _ = _run(capsys, "visualize", files["rgb.png"].parent, "--checkpoint", ckpt, "--out", out, "--grid")
     sheet = Image.open(out / "grid.png")
     assert rc == 1 and sheet.size == figure5_size(len(GOOD), per_row=2)
+
+
+# ------------------------------------------------------------------ the one-line API
+def test_classify_one_line(ckpt, files, tmp_path):
+    from PIL import Image
+
+    pretrained = sacvit.from_pretrained(ckpt)
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (200, 90), "gray").save(wide)
+    one = pretrained.classify(wide, threshold=SAC_ONLY)  # every image through SAC: a box
+    assert one.label in pretrained.class_names and 0 < one.score <= 1 and one.stage == "sac"
+    assert one.size == (200, 90) and one.path == str(wide)
+    x0, y0, x1, y1 = one.box
+    assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 90
+    assert [c for c, _ in one.top_k][0] == one.label and len(one.top_k) == min(5, len(pretrained.class_names))
+    many = pretrained.classify([files["rgb.png"], Image.open(files["gray.png"])], threshold=0.0)  # all exit
+    assert [r.stage for r in many] == ["ee", "ee"] and all(r.box is None for r in many)
+    with pytest.raises(ValueError, match="notes.jpg"):
+        pretrained.classify(files["notes.jpg"])
+
+
+def test_box_to_original_undoes_resize_and_crop():
+    gray = preprocess_for("synthetic", 32)  # central square resized to 32
+    assert gray.box_to_original((8, 8, 16, 16), (32, 32)) == (8, 8, 16, 16)
+    assert gray.box_to_original((8, 8, 16, 16), (64, 64)) == (16, 16, 32, 32)
+    assert gray.box_to_original((0, 0, 32, 32), (96, 64)) == (16, 0, 80, 64)  # the sides were cropped
+    rgb = preprocess_for("imagefolder", 112)  # short side to 128, centre crop 112: 8 px off each side
+    assert rgb.box_to_original((0, 0, 112, 112), (128, 128)) == (8, 8, 120, 120)
+    assert rgb.box_to_original((0, 0, 112, 112), (256, 128)) == (72, 8, 184, 120)

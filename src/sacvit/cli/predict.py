@@ -60,6 +60,10 @@ def _run(args: argparse.Namespace) -> int:
     if not paths:
         raise ValueError(f"no image files under {' '.join(args.paths)}")
     rows, failed = [], 0
+    if not args.json:
+        thr = predictor.threshold if args.threshold is None else args.threshold
+        print(f"{len(paths)} images, η = {thr:g} ({'calibrated' if _calibrated(predictor) else 'default'}); "
+              f"boxes in each image's own pixels", flush=True)
     for r in predict_files(predictor, paths, threshold=args.threshold, top_k=args.top_k,
                            batch_size=args.batch_size):
         if not r.ok:
@@ -74,3 +78,9 @@ def _run(args: argparse.Namespace) -> int:
     if failed:
         print(f"sacvit predict: {failed} of {len(paths)} files could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _calibrated(predictor) -> bool:
+    meta = getattr(predictor, "meta", None)
+    record = meta.calibration if meta is not None else getattr(predictor, "calibration", None)
+    return bool(record)

@@ -23,6 +23,7 @@ from a file to the evaluation tensor in one call.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -104,6 +105,25 @@ class Preprocess:
             return self(image)
         except Exception as err:  # a decodable image in a mode PIL cannot convert (LAB, HSV, …)
             raise ValueError(f"cannot read image {path}: cannot convert a {image.mode} image: {err}") from None
+
+    def box_to_original(self, box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """A box ``(x0, y0, x1, y1)`` in model-input pixels mapped back onto the original ``size = (W, H)``
+        image, undoing the resize and the centre crop of :meth:`__call__` (rounded outwards, clipped)."""
+        w, h = size
+        if self.grayscale:  # the central square, resized to img_size
+            side = min(w, h)
+            scale_x = scale_y = side / self.img_size
+            left, top = (w - side) // 2, (h - side) // 2
+        else:  # timm's eval transform: short side to floor(img_size / crop_pct), centre crop img_size
+            short = math.floor(self.img_size / self.crop_pct)
+            rw, rh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            cx, cy = int(round((rw - self.img_size) / 2.0)), int(round((rh - self.img_size) / 2.0))
+            scale_x, scale_y = w / rw, h / rh
+            left, top = cx * scale_x, cy * scale_y
+        x0, y0, x1, y1 = box
+        out = (math.floor(left + x0 * scale_x), math.floor(top + y0 * scale_y),
+               math.ceil(left + x1 * scale_x), math.ceil(top + y1 * scale_y))
+        return (max(0, out[0]), max(0, out[1]), min(w, out[2]), min(h, out[3]))
 
     def denormalize(self, x: Tensor) -> np.ndarray:
         """An ``(H, W, 3)`` (or ``(H, W)`` gray) array in [0, 1] of a preprocessed tensor, for display."""

@@ -34,7 +34,9 @@ class Result:
         stage: ``"EE"`` (exited early) or ``"SAC"``.
         confidence: EE top-1 probability (compared with ``threshold``).
         gmacs: GMACs spent on the image.
-        box: SAC target window ``(x0, y0, x1, y1)`` in model-input pixels, ``None`` after an exit.
+        box: SAC target window ``(x0, y0, x1, y1)`` in the original image's pixels, ``None`` after an exit.
+        box_input: the same window in model-input pixels (after resize and centre crop).
+        size: the original image's ``(width, height)``.
         threshold: the exit threshold η used.
         error: why the file could not be read (then the other fields are empty).
     """
@@ -47,6 +49,8 @@ class Result:
     box: tuple[int, int, int, int] | None = None
     threshold: float | None = None
     error: str | None = None
+    box_input: tuple[int, int, int, int] | None = None
+    size: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,7 +61,9 @@ class Result:
             return {"path": self.path, "error": self.error}
         return {"path": self.path, "top_k": [{"class": c, "index": i, "prob": p} for c, i, p in self.top_k],
                 "stage": self.stage, "ee_confidence": self.confidence, "gmacs": self.gmacs,
-                "box": None if self.box is None else list(self.box), "threshold": self.threshold}
+                "box": None if self.box is None else list(self.box),
+                "box_input": None if self.box_input is None else list(self.box_input),
+                "size": None if self.size is None else list(self.size), "threshold": self.threshold}
 
     def row(self) -> dict[str, Any]:
         """A flat row for :data:`TABLE`."""
@@ -70,7 +76,7 @@ class Result:
 #: The table ``sacvit predict`` prints.
 TABLE = (Column("file", "path"), Column("class", "class"), Column("prob", "prob", "{:.3f}"),
          Column("stage", "stage"), Column("EE conf", "ee", "{:.3f}"), Column("GMACs", "gmacs", "{:.4f}"),
-         Column("box x0,y0,x1,y1", "box"), Column("next classes", "top_k"))
+         Column("box x0,y0,x1,y1 (image px)", "box"), Column("next classes", "top_k"))
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -90,8 +96,10 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_images(paths: Sequence[Path], preprocess) -> tuple[list[torch.Tensor], list[Path], list[Result]]:
-    """The evaluation tensors of the readable files, their paths, and a :class:`Result` per failure."""
+def load_images(paths: Sequence[Path], preprocess,
+                sizes: list[tuple[int, int]] | None = None) -> tuple[list[torch.Tensor], list[Path], list[Result]]:
+    """The evaluation tensors of the readable files, their paths, and a :class:`Result` per failure
+    (with ``sizes``, each readable image's original ``(width, height)`` is appended to it)."""
     tensors, ok, failed = [], [], []
     for p in paths:
         try:
@@ -102,21 +110,26 @@ def load_images(paths: Sequence[Path], preprocess) -> tuple[list[torch.Tensor], 
         try:
             tensors.append(preprocess(image))
             ok.append(p)
+            if sizes is not None:
+                sizes.append(image.size)
         except Exception as err:  # a decodable image in a mode PIL cannot convert (LAB, HSV, …)
             failed.append(Result(path=str(p), error=f"cannot preprocess a {image.mode} image: {err}"))
     return tensors, ok, failed
 
 
-def _results(pred, paths: Sequence[Path], class_names: Sequence[str], top_k: int, threshold: float) -> list[Result]:
+def _results(pred, paths: Sequence[Path], class_names: Sequence[str], top_k: int, threshold: float,
+             sizes: Sequence[tuple[int, int]] | None = None, preprocess=None) -> list[Result]:
     probs = pred.logits.float().softmax(dim=-1).cpu()
     p, idx = probs.topk(min(top_k, probs.shape[1]), dim=-1)
     stage, conf, gmacs, box = pred.stage.cpu(), pred.confidence.cpu(), pred.gmacs.cpu(), pred.box.cpu()
     out = []
     for i, path in enumerate(paths):
+        inner = tuple(int(v) for v in box[i]) if int(stage[i]) == 1 else None
+        size = tuple(sizes[i]) if sizes is not None else None
+        outer = preprocess.box_to_original(inner, size) if inner is not None and size and preprocess else inner
         out.append(Result(path=str(path), top_k=[(class_names[j], int(j), float(q)) for q, j in zip(p[i], idx[i])],
                           stage="SAC" if int(stage[i]) == 1 else "EE", confidence=float(conf[i]),
-                          gmacs=float(gmacs[i]), box=tuple(int(v) for v in box[i]) if int(stage[i]) == 1 else None,
-                          threshold=threshold))
+                          gmacs=float(gmacs[i]), box=outer, box_input=inner, size=size, threshold=threshold))
     return out
 
 
@@ -148,12 +161,14 @@ def predict_files(predictor, paths: Sequence[str | Path], *, threshold: float | 
     try:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            tensors, ok, failed = load_images(chunk, predictor.preprocess)
+            sizes: list[tuple[int, int]] = []
+            tensors, ok, failed = load_images(chunk, predictor.preprocess, sizes)
             done = {r.path: r for r in failed}
             if tensors:
                 with torch.inference_mode():
                     pred = predictor.predict(torch.stack(tensors).to(device), thr)
-                done.update((r.path, r) for r in _results(pred, ok, predictor.class_names, top_k, thr))
+                done.update((r.path, r) for r in _results(pred, ok, predictor.class_names, top_k, thr, sizes,
+                                                          predictor.preprocess))
             for p in chunk:
                 yield done[str(p)]
             bar.update(len(chunk))

@@ -9,18 +9,22 @@ module itself; ``Pretrained`` forwards ``predict`` / ``__call__`` to it.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..data.preprocess import Preprocess
+from PIL import Image
+
+from ..data.preprocess import Preprocess, open_image
 from ..devices import resolve_device
 from ..io.checkpoint import CheckpointMeta, load_checkpoint
 from ..model import Prediction, SACViT
+from .predict import _results
 
-__all__ = ["Pretrained", "from_pretrained", "load_predictor", "model_preprocess"]
+__all__ = ["Classification", "Pretrained", "from_pretrained", "load_predictor", "model_preprocess"]
 
 
 def model_preprocess(model: nn.Module, meta: CheckpointMeta) -> Preprocess:
@@ -37,6 +41,32 @@ def model_preprocess(model: nn.Module, meta: CheckpointMeta) -> Preprocess:
                       channels=model.patch_embed.proj.in_channels,
                       crop_pct=1.0 if gray else float(cfg.get("crop_pct", 0.875)),
                       interpolation="bilinear" if gray else cfg.get("interpolation", "bicubic"), mean=mean, std=std)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What :meth:`Pretrained.classify` says about one image.
+
+    Attributes:
+        label, score: the predicted class name and its probability.
+        stage: ``"ee"`` (answered by the early exit) or ``"sac"`` (the clustered stage).
+        top_k: ``(label, score)`` pairs, most probable first.
+        box: the SAC target window ``(x0, y0, x1, y1)`` in the original image's pixels (``None`` after an exit).
+        size: the original image's ``(width, height)``.
+        threshold: the exit threshold η used.
+        gmacs: the compute spent on the image.
+        path: the file, when a path was given.
+    """
+
+    label: str
+    score: float
+    stage: str
+    top_k: list[tuple[str, float]]
+    box: tuple[int, int, int, int] | None
+    size: tuple[int, int]
+    threshold: float
+    gmacs: float
+    path: str | None = None
 
 
 class Pretrained:
@@ -78,6 +108,42 @@ class Pretrained:
             raise ValueError(f"{self.meta.path} holds a plain ViT ({self.meta.model_name}): it has no early exit; "
                              f"call it on a batch for logits")
         return self.model.predict(x, threshold)
+
+    def classify(self, images: Any, *, top_k: int = 5, threshold: float | None = None,
+                 batch_size: int = 32) -> "Classification | list[Classification]":
+        """Classify image files or PIL images in one call.
+
+        Args:
+            images: a path, a ``PIL.Image``, or a list of them (a list gives a list).
+            top_k: how many (label, score) pairs each result lists.
+            threshold: the exit threshold η (default: the checkpoint's, the calibrated one when calibrated).
+
+        Returns:
+            Per image a :class:`Classification`: ``label``, ``score``, ``stage`` (``"ee"``/``"sac"``),
+            ``top_k``, and ``box`` — the SAC target window in the *original* image's pixels
+            ``(x0, y0, x1, y1)``, ``None`` when the image exited at EE.
+
+        Raises:
+            ValueError: an unreadable file (the message names it), or a plain ViT.
+        """
+        single = isinstance(images, (str, Path, Image.Image))
+        items = [images] if single else list(images)
+        thr = self.threshold if threshold is None else float(threshold)
+        if thr is None:
+            raise ValueError(f"{self.meta.model_name} is a plain ViT: classify needs a SAC-ViT")
+        out: list[Classification] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            pics = [item if isinstance(item, Image.Image) else open_image(item) for item in chunk]
+            x = torch.stack([self.preprocess(pic) for pic in pics]).to(self.device)
+            names = [getattr(item, "filename", "") or "" if isinstance(item, Image.Image) else str(item)
+                     for item in chunk]
+            results = _results(self.predict(x, thr), names, self.class_names, top_k, thr, [pic.size for pic in pics],
+                               self.preprocess)
+            out += [Classification(label=r.top_k[0][0], score=r.top_k[0][2], stage=r.stage.lower(),
+                                   top_k=[(c, q) for c, _, q in r.top_k], box=r.box, size=r.size, threshold=thr,
+                                   gmacs=r.gmacs, path=r.path or None) for r in results]
+        return out[0] if single else out
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():
