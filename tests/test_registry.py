@@ -83,3 +83,24 @@ def test_head_of_other_class_count_is_reinitialised(deit_tiny_files):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(timm.models.VisionTransformer.forward_features(model, x), deit.forward_features(x))
+
+
+def test_timm_create_model_restores_a_trained_checkpoints_sac_config(tmp_path):
+    """The checkpoint is the truth about how to run it: timm loading restores window and η, or refuses."""
+    import sacvit
+    from deploy_helpers import KW, NAME, save_tiny
+    from sacvit.io.checkpoint import update_metadata
+
+    ckpt = save_tiny(tmp_path / "last.safetensors")
+    update_metadata(ckpt, threshold=0.451)
+    ref = sacvit.from_pretrained(ckpt).model
+    for kwargs in (dict(checkpoint=str(ckpt)), dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)))):
+        model = timm.create_model(NAME, **KW, **kwargs).eval()
+        assert model.sac_cfg == ref.sac_cfg and model.sac_cfg.window == 3 and model.sac_cfg.threshold == 0.451
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.equal(model.predict(x).logits, ref.predict(x).logits)
+    same = timm.create_model(NAME, **KW, checkpoint=str(ckpt), sac={"window": 3})  # repeating it is fine
+    assert same.sac_cfg == ref.sac_cfg
+    with pytest.raises(ValueError, match="from_pretrained") as err:
+        timm.create_model(NAME, **KW, checkpoint=str(ckpt), sac={"window": 2})
+    assert "window: stored 3, asked 2" in str(err.value)

@@ -20,6 +20,9 @@ from timm.models._builder import pretrained_cfg_for_features
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from ..config import SACConfig
+from ..meta import FORMAT, CheckpointMeta, read_header
+
 from .sacvit import SACViT
 
 __all__ = ["read_state_dict", "load_backbone_weights"]
@@ -110,6 +113,29 @@ default_cfgs = generate_default_cfgs({
 DEMO_ARGS = dict(img_size=112, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
 
 
+def _with_stored_sac(variant: str, checkpoint: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A trained SAC-ViT checkpoint is the truth about how to run it: its SAC configuration (window,
+    exit threshold η, …) is restored; a ``sac=`` that contradicts it is refused. DeiT/timm weights
+    and plain-ViT sacvit checkpoints carry none and load as backbone weights."""
+    raw = read_header(checkpoint)
+    if not raw or raw.get("format") != FORMAT:
+        return kwargs
+    meta = CheckpointMeta.from_header(raw, checkpoint)
+    if meta.sac_config is None:
+        return kwargs
+    asked = kwargs.get("sac")
+    if asked is None:
+        return {**kwargs, "sac": meta.sac_config}
+    wanted = asked if isinstance(asked, SACConfig) else SACConfig.from_dict({**meta.sac_config.to_dict(), **asked})
+    if wanted != meta.sac_config:
+        changed = {k: (getattr(meta.sac_config, k), getattr(wanted, k)) for k in meta.sac_config.to_dict()
+                   if getattr(meta.sac_config, k) != getattr(wanted, k)}
+        raise ValueError(f"{variant}: {checkpoint} is a trained SAC-ViT whose SAC configuration differs from "
+                         f"sac= ({', '.join(f'{k}: stored {a!r}, asked {b!r}' for k, (a, b) in changed.items())}); "
+                         f"load it with sacvit.from_pretrained({str(checkpoint)!r}) to run it as trained")
+    return {**kwargs, "sac": wanted}
+
+
 def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
     """Build ``variant``, load a local checkpoint, and wrap it for ``features_only`` as timm does.
 
@@ -127,6 +153,8 @@ def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs
     if features_only and feature_cls not in ("getter", FeatureGetterNet):
         raise ValueError(f"{variant}: features_only supports feature_cls='getter' "
                          f"(forward_intermediates), as timm's ViT does; got {feature_cls!r}")
+    if checkpoint and model_cls is SACViT:
+        kwargs = _with_stored_sac(variant, checkpoint, kwargs)
     model = build_model_with_cfg(model_cls, variant, pretrained=False, **kwargs)
     if checkpoint:
         load_backbone_weights(model, checkpoint)
