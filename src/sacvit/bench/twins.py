@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import timm_ops
+
 __all__ = ["plain_twin", "plain_name", "downsample", "ee_pixels", "exit_threshold"]
 
 
@@ -63,12 +65,9 @@ def plain_twin(model: nn.Module, img_size: int | tuple[int, int] | None = None,
     pe = model.patch_embed
     size = tuple(pe.img_size) if img_size is None else (
         (img_size, img_size) if isinstance(img_size, int) else tuple(img_size))
-    blk = model.blocks[0]
     geometry = dict(
         img_size=size, patch_size=pe.patch_size, in_chans=pe.proj.in_channels, embed_dim=model.embed_dim,
-        depth=len(model.blocks), num_heads=blk.attn.num_heads,
-        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
-        num_classes=model.num_classes,
+        depth=len(model.blocks), num_classes=model.num_classes, **timm_ops.block_args(model.blocks[0]),
     )
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("reuse.")}
     grid = (size[0] // pe.patch_size[0], size[1] // pe.patch_size[1])

@@ -4,10 +4,11 @@
   (one ``q_cls·Kᵀ`` matmul, never the ``N×N`` matrix), for the global class attention;
 * :func:`cluster_block` — a block whose attention is restricted to the SAC clusters.
 
-Both reuse every weight of a timm :class:`~timm.models.vision_transformer.Block` (norms, qkv,
-q/k norms, projection, layer scale, drop path, MLP); only the attention product differs. All
-products are dense :func:`torch.nn.functional.scaled_dot_product_attention` calls over views of
-one ``qkv`` projection, so no ``N×N`` mask is built and nothing syncs with the host.
+Both reuse every weight of a timm :class:`~timm.models.vision_transformer.Block` through
+:mod:`sacvit.timm_ops` (the one module that knows the block's internals); only the attention
+product differs. All products are dense :func:`torch.nn.functional.scaled_dot_product_attention`
+calls over views of one ``qkv`` projection, so no ``N×N`` mask is built and nothing syncs with the
+host.
 
 SAC sequences are laid out ``[target (T), CLS, non-target (M)]``:
 
@@ -23,46 +24,11 @@ the ``(B, N, H, d)`` layout that the output projection reads without another cop
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from timm.layers.attention import Attention
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-__all__ = ["check_blocks", "cluster_block", "ee_block"]
+from .. import timm_ops as ops
 
-
-def check_blocks(blocks: nn.Sequential) -> None:
-    """Raise ``ValueError`` unless every block is timm's standard pre-norm ``Block``/``Attention``.
-
-    The two forward passes below re-run those modules' parts; another block type (post-norm,
-    parallel, gated attention …) would be silently computed wrong.
-    """
-    for i, blk in enumerate(blocks):
-        if type(blk) is not Block or type(getattr(blk, "attn", None)) is not Attention:
-            raise ValueError(f"block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}; "
-                             f"SAC-ViT runs only timm's standard Block with Attention (block_fn=Block)")
-        if getattr(blk.attn, "gate", None) is not None:
-            raise ValueError(f"block {i} uses gated attention, which SAC-ViT does not support")
-
-
-def _qkv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    B, N, _ = x.shape
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    return attn.q_norm(q), attn.k_norm(k), v
-
-
-def _finish(block: nn.Module, x: Tensor, y: Tensor, out: Tensor) -> Tensor:
-    """Output projection of the attention result ``out`` ``(B, N, H, d)``, residuals and MLP."""
-    attn = block.attn
-    B, N, _, _ = out.shape
-    out = attn.proj_drop(attn.proj(attn.norm(out.reshape(B, N, attn.num_heads * attn.head_dim))))
-    x = x + block.drop_path1(block.ls1(out))
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-
-
-def _dropout(attn: nn.Module) -> float:
-    return attn.attn_drop.p if attn.training else 0.0
+__all__ = ["cluster_block", "ee_block"]
 
 
 def ee_block(block: nn.Module, x: Tensor, cls_logits: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -78,12 +44,7 @@ def ee_block(block: nn.Module, x: Tensor, cls_logits: bool = False) -> tuple[Ten
     Returns:
         The block output, and the CLS logits or ``None``.
     """
-    attn = block.attn
-    y = block.norm1(x)
-    q, k, v = _qkv(attn, y)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout(attn)).transpose(1, 2)
-    row = (q[:, :, :1] @ k.transpose(-2, -1)).squeeze(2) * attn.scale if cls_logits else None
-    return _finish(block, x, y, out), row
+    return ops.block_forward_with_cls_logits(block, x, cls_logits)
 
 
 def cluster_block(block: nn.Module, x: Tensor, n_target: int, within_clusters: bool = True) -> Tensor:
@@ -94,19 +55,17 @@ def cluster_block(block: nn.Module, x: Tensor, n_target: int, within_clusters: b
         x: ``(B, T + 1 + M, D)`` tokens.
         n_target: ``T``.
         within_clusters: attention within each cluster (CLS sees all); ``False`` runs full
-            attention over the whole sequence (the ablation of the cluster attention).
+            attention over the whole sequence (the ablation of the cluster attention), which is
+            exactly timm's ``Block.forward``.
     """
-    attn = block.attn
-    y = block.norm1(x)
-    q, k, v = _qkv(attn, y)
-    t, n, p = n_target, q.shape[2], _dropout(attn)
+    q, k, v = ops.qkv(block, x)
+    t, n = n_target, q.shape[2]
     if not within_clusters or n == t + 1:  # full attention, or the whole image is target
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
+        out = ops.attend(block, q, k, v)
     else:
-        parts = [
-            F.scaled_dot_product_attention(q[:, :, :t], k[:, :, :t + 1], v[:, :, :t + 1], dropout_p=p),
-            F.scaled_dot_product_attention(q[:, :, t:t + 1], k, v, dropout_p=p),
-            F.scaled_dot_product_attention(q[:, :, t + 1:], k[:, :, t:], v[:, :, t:], dropout_p=p),
-        ]
-        out = torch.cat([part.transpose(1, 2) for part in parts], dim=1)
-    return _finish(block, x, y, out)
+        out = torch.cat([
+            ops.attend(block, q[:, :, :t], k[:, :, :t + 1], v[:, :, :t + 1]),
+            ops.attend(block, q[:, :, t:t + 1], k, v),
+            ops.attend(block, q[:, :, t + 1:], k[:, :, t:], v[:, :, t:]),
+        ], dim=1)
+    return ops.mlp_residual(block, ops.attn_residual(block, x, ops.attn_out(block, out)))

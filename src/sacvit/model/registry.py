@@ -15,8 +15,6 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import FeatureGetterNet
-from timm.models._builder import pretrained_cfg_for_features
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
@@ -139,7 +137,9 @@ def _with_stored_sac(variant: str, checkpoint: str, kwargs: dict[str, Any]) -> d
 def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs: Any) -> nn.Module:
     """Build ``variant``, load a local checkpoint, and wrap it for ``features_only`` as timm does.
 
-    The weights are loaded before the feature wrapper prunes the unused blocks and head, so
+    Only timm's public builder is used: ``build_model_with_cfg`` constructs the model through a
+    factory that loads the checkpoint first, then (``features_only=True``) wraps it in timm's
+    ``forward_intermediates`` feature getter and prunes the unused blocks and head — so
     ``features_only=True`` works with ``checkpoint=PATH`` too.
     """
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
@@ -147,22 +147,23 @@ def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs
     if pretrained and not checkpoint:
         raise ValueError(f"{variant}: sacvit never downloads weights; pass checkpoint=PATH "
                          f"or pretrained_cfg_overlay=dict(file=PATH) with a local DeiT/timm file")
-    features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", 3)  # timm's ViT default: the last three blocks
-    feature_cls = kwargs.pop("feature_cls", "getter")
-    if features_only and feature_cls not in ("getter", FeatureGetterNet):
+    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3),  # timm's ViT default: the last three blocks
+                       feature_cls=kwargs.pop("feature_cls", "getter"))
+    name = feature_cfg["feature_cls"]
+    if kwargs.get("features_only") and getattr(name, "__name__", str(name)).lower() not in ("getter", "featuregetternet"):
         raise ValueError(f"{variant}: features_only supports feature_cls='getter' "
-                         f"(forward_intermediates), as timm's ViT does; got {feature_cls!r}")
+                         f"(forward_intermediates), as timm's ViT does; got {name!r}")
+
     if checkpoint and model_cls is SACViT:
         kwargs = _with_stored_sac(variant, checkpoint, kwargs)
-    model = build_model_with_cfg(model_cls, variant, pretrained=False, **kwargs)
-    if checkpoint:
-        load_backbone_weights(model, checkpoint)
-    if features_only:
-        cfg = model.pretrained_cfg
-        model = FeatureGetterNet(model, out_indices=out_indices)
-        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(cfg)
-    return model
+
+    def build(**model_kwargs: Any) -> nn.Module:
+        model = model_cls(**model_kwargs)
+        if checkpoint:
+            load_backbone_weights(model, checkpoint)
+        return model
+
+    return build_model_with_cfg(build, variant, pretrained=False, feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model

@@ -43,7 +43,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import flops
 from ..config import SACConfig
-from .attention import check_blocks, cluster_block, ee_block
+from ..timm_ops import check_blocks
+from .attention import cluster_block, ee_block
 from .clustering import (Clusters, adaptive_window_size, best_window, center_window, make_clusters,
                          random_window)
 from .inputs import check_batch, nonfinite

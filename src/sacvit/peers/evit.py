@@ -16,8 +16,9 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from sacvit import timm_ops as ops
 from sacvit.flops import GIGA
-from sacvit.peers.tome import attend, attn_half_macs, check_vit, embed, head, mlp, mlp_macs, stem_and_head_macs
+from sacvit.peers.tome import attn_half_macs, check_vit, embed, head, mlp_macs, stem_and_head_macs
 
 __all__ = ["EViTViT", "DEFAULT_LOCS", "default_locs"]
 
@@ -104,12 +105,9 @@ class EViTViT(nn.Module):
 
     def _reduce(self, blk: Block, x: torch.Tensor, kept: int) -> torch.Tensor:
         """A block that keeps CLS + ``kept`` attentive tokens + one fused token before its MLP."""
-        attn = blk.attn
-        out, q, k = attend(attn, blk.norm1(x))
-        x = x + blk.drop_path1(blk.ls1(out))
-
-        cls_attn = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B,H,1,N)
-        cls_attn = cls_attn.mean(dim=1)[:, 0, 1:]  # (B, N-1), heads averaged, CLS key dropped
+        x, q, k = ops.attention_half(blk, x)
+        cls_attn = ops.cls_logits(blk, q, k).softmax(dim=-1)  # (B, H, N)
+        cls_attn = cls_attn.mean(dim=1)[:, 1:]  # (B, N-1), heads averaged, CLS key dropped
         order = cls_attn.argsort(dim=-1, descending=True)
         keep_idx, drop_idx = order[:, :kept].sort(dim=-1).values, order[:, kept:]
 
@@ -118,7 +116,7 @@ class EViTViT(nn.Module):
         weights = cls_attn.gather(1, drop_idx)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         fused = weights[:, None] @ pick(drop_idx)  # (B, 1, D) attention-weighted mean
-        return mlp(blk, torch.cat([cls, pick(keep_idx), fused], dim=1))
+        return ops.mlp_residual(blk, torch.cat([cls, pick(keep_idx), fused], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` → logits ``(B, num_classes)``."""

@@ -17,13 +17,11 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from sacvit import timm_ops as ops
 from sacvit.flops import GIGA, block_macs, patch_embed_macs
-from sacvit.model.attention import check_blocks
 
 __all__ = ["ToMeViT", "bipartite_merge"]
 
@@ -46,13 +44,13 @@ def check_vit(model: nn.Module) -> VisionTransformer:
             f"(got class_token={model.cls_token is not None}, "
             f"num_prefix_tokens={model.num_prefix_tokens}, global_pool={model.global_pool!r})"
         )
-    check_blocks(model.blocks)
+    ops.check_blocks(model.blocks)
     return model
 
 
 def embed(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """Image batch ``(B, C, H, W)`` → tokens ``(B, 1 + HW/p², D)``, exactly as timm does it."""
-    return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    return ops.embed_tokens(model, x)
 
 
 def head(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
@@ -60,39 +58,10 @@ def head(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.norm(x[:, :1]))
 
 
-def attend(
-    attn: Attention, x: torch.Tensor, bias: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention with the weights of a timm ``Attention``, via SDPA.
-
-    Args:
-        attn: the block's attention module (its ``qkv``, ``q_norm``, ``k_norm``, ``norm`` and
-            ``proj`` are used).
-        x: normalised tokens ``(B, N, D)``.
-        bias: optional additive float bias for the logits, broadcastable to ``(B, H, N, N)``.
-
-    Returns:
-        ``(out, q, k)``: the projected output ``(B, N, D)`` and the (normed) queries and keys
-        ``(B, H, N, head_dim)``.
-    """
-    b, n, _ = x.shape
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    drop = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, -1))))
-    return out, q, k
-
-
-def mlp(blk: Block, x: torch.Tensor) -> torch.Tensor:
-    """Second half of a timm ``Block``: ``x + MLP(norm2(x))`` with its layer scale / drop path."""
-    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-
-
 def mlp_macs(n_tokens: int, blk: Block) -> int:
     """MACs of a block's MLP (``fc1`` and ``fc2``) over ``n_tokens`` tokens."""
-    return n_tokens * 2 * blk.mlp.fc1.in_features * blk.mlp.fc1.out_features
+    d, hidden = ops.mlp_widths(blk)
+    return n_tokens * 2 * d * hidden
 
 
 def attn_half_macs(n_tokens: int, dim: int) -> int:
@@ -217,7 +186,7 @@ class ToMeViT(nn.Module):
         for blk, n, r in zip(m.blocks, counts, merges):
             total += attn_half_macs(n, m.embed_dim) + mlp_macs(n - r, blk)
             if r:
-                total += ((n + 1) // 2) * (n // 2) * blk.attn.head_dim  # A·Bᵀ similarity
+                total += ((n + 1) // 2) * (n // 2) * ops.head_dim(blk)  # A·Bᵀ similarity
         return total / GIGA
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,12 +196,11 @@ class ToMeViT(nn.Module):
         size = None  # patches per token; None while every token is one patch
         for blk, r in zip(m.blocks, self.merges(x.shape[1])):
             bias = None if size is None else size.log().transpose(1, 2)[:, None]  # (B,1,1,N)
-            out, _, k = attend(blk.attn, blk.norm1(x), bias)
-            x = x + blk.drop_path1(blk.ls1(out))
+            x, _, k = ops.attention_half(blk, x, bias)
             if r:
                 ones = torch.ones_like(x[..., :1]) if size is None else size
                 x, size = bipartite_merge(x, ones, k.mean(dim=1), r)
-            x = mlp(blk, x)
+            x = ops.mlp_residual(blk, x)
         return head(m, x)
 
     def extra_repr(self) -> str:
