@@ -137,11 +137,16 @@ def accuracy_vs_throughput(rows: Sequence[dict[str, Any]], path: str | Path, tit
         for r in rs:
             ax.annotate(str(r.get("setting", "")).split(" (")[0], (r["img_s"], r["top1"]), fontsize=7,
                         textcoords="offset points", xytext=(4, 3))
-    ax.set_xlabel("throughput (img/s)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    return _finish(fig, ax, path, "throughput (img/s)", "top-1 accuracy (%)", title or "accuracy vs. throughput")
+
+
+def _finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, grid, legend and title of a one-axes figure, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or "accuracy vs. throughput", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -177,13 +182,7 @@ def training_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str 
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, "o-", markersize=3, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "validation curves (held-out split)", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel, "held-out top-1 (%)", title or "validation curves (held-out split)")
 
 
 def bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
