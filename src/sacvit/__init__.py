@@ -11,6 +11,8 @@ A trained checkpoint rebuilds itself, with its class names, calibrated η and pr
     model = sacvit.from_pretrained("runs/demo/sacvit/last.safetensors")
 """
 
+import timm
+
 from .config import SACConfig
 from .deploy.pretrained import from_pretrained
 from .engine.calibrate import calibrate
@@ -22,7 +24,6 @@ __version__ = "0.1.0"
 
 def create_model(name: str, checkpoint: str | None = None, **kwargs):
     """``timm.create_model`` for a registered name, with an optional local ``checkpoint`` file."""
-    import timm
 
     if checkpoint is not None:
         kwargs["checkpoint"] = checkpoint

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from .config import SACConfig
 
 __all__ = ["CheckpointError", "CheckpointMeta", "DataSpec", "FORMAT", "read_header"]
@@ -152,7 +154,6 @@ _OPTIONAL = {"preprocess": (dict, type(None)), "calibration": (dict, type(None))
 
 def read_header(path: str | Path) -> dict[str, str] | None:
     """The safetensors header metadata of ``path``, or ``None`` when it is not a readable safetensors file."""
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:

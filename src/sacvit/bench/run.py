@@ -33,16 +33,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import Tensor, nn
 
 from .. import flops, plots
-from ..report import format_table, write_csv, write_json
+from ..data import build_dataset
+from ..data.classes import IGNORE_HINT, check_class_names, describe_data
 from ..devices import AMP_MODES, amp_context, amp_dtype, resolve_device
+from ..io.checkpoint import load_checkpoint, read_metadata
+from ..model.sacvit import SACViT
+from ..model.stages import CompiledSACViT
+from ..peers import build_peer
+from ..report import format_table, write_csv, write_json
 from .environment import environment, loadavg
 from .profile import PartsProfile, profile_ops, profile_parts
 from .rows import COLUMNS, TABLE, Row, finish, measure, score
-from ..model.stages import CompiledSACViT
 from .twins import downsample, ee_pixels, exit_threshold, plain_name, plain_twin
 
 __all__ = ["BenchConfig", "METHODS", "RUNTIMES", "DEFAULT_EXIT_SHARES", "run"]
@@ -115,12 +121,9 @@ def _overrides(cfg: BenchConfig) -> dict[str, Any]:
 
 def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.Module, str, str]:
     """The SAC-ViT, the plain full-resolution baseline, and their names."""
-    import timm
 
-    from ..model.sacvit import SACViT
 
     if cfg.checkpoint:
-        from ..io.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(cfg.checkpoint, map_location=device)
         name = meta.model_name
@@ -128,8 +131,6 @@ def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.M
         if not isinstance(model, SACViT):
             raise ValueError(f"{cfg.checkpoint} holds a {type(model).__name__} ({name}), not a SAC-ViT")
     else:
-        import sacvit  # noqa: F401  (registers the sacvit_* variants)
-
         name, twin_kwargs = cfg.model, _overrides(cfg)
         torch.manual_seed(cfg.seed)
         try:
@@ -140,7 +141,6 @@ def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.M
             raise ValueError(f"--model {name} is not a SAC-ViT variant (try sacvit_deit_small_patch16_224)")
     model = model.to(device).eval()
     if cfg.baseline_checkpoint:
-        from ..io.checkpoint import load_checkpoint
 
         base, bmeta = load_checkpoint(cfg.baseline_checkpoint, map_location=device)
         base_name = bmeta.model_name
@@ -160,12 +160,9 @@ def bench_images(cfg: BenchConfig, model: nn.Module, device: torch.device):
     size = tuple(model.patch_embed.img_size)
     dataset = None
     if cfg.data:
-        from ..data import build_dataset
 
         dataset = build_dataset(cfg.data, cfg.data_dir, split=cfg.split, img_size=size[0], length=cfg.limit)
         if not cfg.ignore_class_names and getattr(dataset, "classes", None) is not None:
-            from ..data.classes import IGNORE_HINT, check_class_names, describe_data
-            from ..io.checkpoint import read_metadata
 
             described = describe_data(cfg.data, cfg.data_dir, cfg.split)
             for path in (cfg.checkpoint, cfg.baseline_checkpoint):
@@ -187,7 +184,6 @@ def bench_images(cfg: BenchConfig, model: nn.Module, device: torch.device):
 def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, base_name: str,
                x: Tensor, amp: torch.dtype | None) -> list[Row]:
     """One :class:`Row` per method and setting, the baseline first."""
-    from ..peers import build_peer
 
     methods = set(cfg.methods)
     ee_px = ee_pixels(model)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import timm
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from .. import timm_ops
@@ -33,7 +35,6 @@ def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def plain_name(sac_name: str) -> str:
     """The registered timm name of the plain ViT of a SAC-ViT variant, or ``"vit"`` if none."""
-    import timm
 
     rest = sac_name.removeprefix("sacvit_")
     for candidate in (rest, f"deit_{rest}"):
@@ -58,9 +59,6 @@ def plain_twin(model: nn.Module, img_size: int | tuple[int, int] | None = None,
             ``model``'s geometry is built instead.
         **kwargs: extra ``timm.create_model`` arguments for ``name`` (``depth``, …).
     """
-    import timm
-    from timm.layers import resample_abs_pos_embed
-    from timm.models.vision_transformer import VisionTransformer
 
     pe = model.patch_embed
     size = tuple(pe.img_size) if img_size is None else (

@@ -8,6 +8,7 @@ and the window policy, so a rerun of the demo recomputes nothing that has not ch
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import torch
 
 from ..engine.calibrate import Choice, certified_choice
 from ..engine.evaluate import SAC_ONLY, StageRecords, collect, plain_correct
+from ..io.checkpoint import load_checkpoint, read_metadata
 from ..stats import compare, wilson_interval
+from .standin import sha256
 
 __all__ = ["Evidence", "calibrate", "plain_row"]
 
@@ -27,10 +30,7 @@ def model_identity(ckpt: Path) -> str:
 
     Storing a calibrated η in the metadata (``update_metadata``) keeps the cached records valid.
     """
-    import hashlib
 
-    from ..io.checkpoint import read_metadata
-    from .standin import sha256
 
     meta = read_metadata(ckpt)
     if not meta.weights_sha256:
@@ -53,7 +53,6 @@ class Evidence:
 
     def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
         """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy)."""
-        from ..io.checkpoint import load_checkpoint
 
         path = self._key(ckpt, split, f"stages-{policy or 'own'}")
         if path.is_file():
@@ -68,7 +67,6 @@ class Evidence:
 
     def plain(self, ckpt: Path, split: str) -> np.ndarray:
         """Per-image correctness of a plain ViT checkpoint on ``split``."""
-        from ..io.checkpoint import load_checkpoint
 
         path = self._key(ckpt, split, "plain")
         if path.is_file():

@@ -20,22 +20,39 @@ and resumes an interrupted training where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from . import report
+from .. import certify, flops
+from ..bench import BenchConfig, run
+from ..data import DEFAULT_FMNIST_DIR, build_dataset
+from ..engine.calibrate import calibration_record, store_threshold
+from ..engine.evaluate import COLUMNS, plain_correct, sweep
+from ..io.checkpoint import load_checkpoint
+from ..peers import build_peer
+from ..report import SWEEP_TABLE, format_table, write_csv, write_json
+from ..viz import plot_clusters
+from .ablations import run_ablations
 from .config import DemoConfig
 from .evidence import SAC_ONLY, Evidence, calibrate, paired, plain_row, sac_correct
+from .report import bench_row
 from .runs import PLAIN_MODEL, SAC_MODEL, curve, fine_tune
+from .standin import standin_path
 
 __all__ = ["evaluation_datasets", "run_demo"]
 
 
 def evaluation_datasets(cfg: DemoConfig) -> dict[str, Any]:
     """The demo's held-out and test splits at 112 px, pre-rendered into ``OUT/cache``."""
-    from ..data import build_dataset
 
     budget = cfg.budget()
     common = dict(seed=cfg.seed, prerender=True, cache_dir=Path(cfg.out) / "cache")
@@ -47,9 +64,7 @@ def _store_threshold(path: Path, choice, met: bool, reference: float, cfg: DemoC
     """Make the calibrated η the checkpoint's default, as ``sacvit calibrate`` does, so that
     ``sacvit predict``/``eval``/``from_pretrained`` on the demo's SAC-ViT use it. When nothing is
     certified the demo reports SAC only, and stores that (η > 1: no early exit) with the record."""
-    import dataclasses
 
-    from ..engine.calibrate import calibration_record, store_threshold
 
     if choice.threshold is None:
         choice = dataclasses.replace(choice, threshold=SAC_ONLY)
@@ -62,14 +77,7 @@ def _store_threshold(path: Path, choice, met: bool, reference: float, cfg: DemoC
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Train (or reuse) every compared model, measure, and write the report; returns the summary."""
     from .. import flops, plots
-    from ..data import DEFAULT_FMNIST_DIR
-    from ..io.checkpoint import load_checkpoint
-    from ..engine.evaluate import COLUMNS, sweep
-    from ..report import SWEEP_TABLE, format_table, write_csv, write_json
-    from .standin import standin_path
-    from . import report
 
-    import torch
 
     t0 = time.time()
     if cfg.threads:
@@ -141,7 +149,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary["headline"] = _headline(summary, choice, eta, base_t, sac_t, baseline)
     summary["resampling"] = _resampling(cfg, ev, ckpt, base_h, sac_h, base_t, sac_t)
     if cfg.ablations:
-        from .ablations import run_ablations
 
         summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, base_h, sac_t, eta)
 
@@ -164,8 +171,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 def _headline(s: dict[str, Any], choice, eta: float, base_t, sac_t, baseline) -> dict[str, Any]:
     """SAC-ViT at its certified η against the baseline on the test split, in one object."""
-    from .. import flops
-    from .report import bench_row
 
     d = s["sacvit_vs_baseline"]
     speed = bench_row(s, "sacvit", eta)
@@ -183,9 +188,7 @@ def _resampling(cfg: DemoConfig, ev: Evidence, ckpt, base_h, sac_h, base_t, sac_
     """Does the certificate hold on these records? The held-out and test records pooled are the
     population; calibration sets are drawn from it with replacement and each rule's η is judged
     by its true drop on the pool (:func:`sacvit.certify.resample_check`)."""
-    import numpy as np
 
-    from .. import certify
 
     pool = {k: np.concatenate([getattr(sac_h, k), getattr(sac_t, k)])
             for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")}
@@ -210,7 +213,6 @@ def _select_baseline(ev: Evidence, standin: Path, tuned: Path) -> tuple[Path, di
 
 def _ee_view(cfg: DemoConfig, split: str):
     """The split at 56 px: the 112-px images downsampled as the EE stage does (for the EE-res ViT)."""
-    from ..data import build_dataset
 
     budget = cfg.budget()
     length = budget.test if split == "test" else budget.holdout
@@ -225,10 +227,7 @@ def _plain_on(ckpt: Path, dataset, ev: Evidence, tag: str):
 
 def _peers(cfg: DemoConfig, ev: Evidence, baseline, base_t) -> list[dict[str, Any]]:
     """ToMe and EViT on the baseline's weights: top-1 on the test split (throughput from the bench)."""
-    import numpy as np
 
-    from ..engine.evaluate import plain_correct
-    from ..peers import build_peer
 
     rows = []
     for method, key, values in (("tome", "r", cfg.tome_r), ("evit", "keep_rate", cfg.evit_keep)):
@@ -248,7 +247,6 @@ def _peers(cfg: DemoConfig, ev: Evidence, baseline, base_t) -> list[dict[str, An
 
 
 def _short_hash(model) -> str:
-    import hashlib
 
     h = hashlib.sha256()
     for v in model.state_dict().values():
@@ -258,7 +256,6 @@ def _short_hash(model) -> str:
 
 def _bench(cfg: DemoConfig, ckpt: dict[str, Path], eta: float) -> list[dict[str, Any]]:
     """Batch-64 throughput and batch-1 latency of the trained models (``sacvit bench``)."""
-    from ..bench import BenchConfig, run
 
     budget = cfg.budget()
     result = run(BenchConfig(checkpoint=str(ckpt["sacvit"]), baseline_checkpoint=str(ckpt["baseline"]),
@@ -272,7 +269,6 @@ def _bench(cfg: DemoConfig, ckpt: dict[str, Path], eta: float) -> list[dict[str,
 
 def _speed_points(s: dict[str, Any]) -> list[dict[str, Any]]:
     """Top-1 (test split) against the measured batch-64 throughput of every timed model."""
-    from .report import bench_row
 
     eta = s["calibration"]["threshold"]
     points = [({**s["test"]["baseline"], "method": "deit", "setting": "baseline"}, bench_row(s, "deit")),
@@ -296,12 +292,7 @@ def _shift(points: list[tuple[float, float]], standin: Path) -> list[tuple[float
 
 def _clusters(cfg: DemoConfig, ckpt: Path, dataset, records, eta: float, path: Path) -> None:
     """Figure 5: six test images that exit at EE beside six that go through SAC, at the calibrated η."""
-    import numpy as np
-    import torch
 
-    from ..data import build_dataset
-    from ..io.checkpoint import load_checkpoint
-    from ..viz import plot_clusters
 
     exited, _, _ = records.at(eta)
     picks = list(np.flatnonzero(exited)[:6]) + list(np.flatnonzero(~exited)[:6])

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-
 from pathlib import Path
 from typing import Any
 
+from ..engine.train import CHECKPOINT, TrainConfig, train
+from ..io.checkpoint import read_metadata
+from ..io.train_state import has_checkpoint
 from .config import DemoConfig
 
 __all__ = ["SAC_MODEL", "PLAIN_MODEL", "fine_tune", "curve"]
@@ -30,9 +32,6 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint.
 
     ``sac`` changes the SAC configuration, ``recipe_changes`` the recipe (an ablation's change)."""
-    from ..io.checkpoint import read_metadata
-    from ..engine.train import CHECKPOINT, TrainConfig, train
-    from ..io.train_state import has_checkpoint
 
     budget = cfg.budget()
     out = Path(cfg.out) / name

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.evaluate import SAC_ONLY
 from ..io.export_format import EE_FILE, EE_OUTPUTS, FORMAT, META_FILE, SAC_FILE, SAC_INPUTS, require
 from ..model.stages import EEStage, SACStage, check_stageable, geometry
 from .pretrained import Pretrained
@@ -122,7 +123,6 @@ def check_export(model: nn.Module | Pretrained, out_dir: str | Path, batch: int 
     Raises:
         ValueError: logits differ by more than ``tolerance`` or stages differ.
     """
-    from ..engine.evaluate import SAC_ONLY
     from ..runtime import OnnxSACViT  # onnxruntime is optional
 
     model = model.model if isinstance(model, Pretrained) else model

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..data.preprocess import IMAGE_SUFFIXES, open_image
 from ..report import Column
@@ -149,7 +150,6 @@ def predict_files(predictor, paths: Sequence[str | Path], *, threshold: float | 
     Raises:
         ValueError: ``top_k`` or ``batch_size`` below 1.
     """
-    from tqdm.auto import tqdm
 
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"--top-k and --batch-size must be ≥ 1, got {top_k} and {batch_size}")

@@ -12,6 +12,7 @@ rounding-level differences exits the same images.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +206,6 @@ def curve_rows(c: Curve, points: int = 11, chosen: float | None = None) -> list[
 def calibration_record(choice: Choice, budget: dict[str, Any], **source: Any) -> dict[str, Any]:
     """What a checkpoint records of how its η was chosen: the choice, the budget (its given fields)
     and where the images came from, as plain JSON values."""
-    import json
 
     record = {**choice.to_dict(), "budget": {k: v for k, v in budget.items() if v is not None}, **source}
     return json.loads(json.dumps(record))

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .. import flops
-from ..devices import resolve_device
-from .timing import throughput
-from ..stats import wilson_interval
 from ..data.classes import IGNORE_HINT, check_class_names
+from ..devices import resolve_device
 from ..io.checkpoint import load_checkpoint, read_metadata
+from ..model import SACViT
+from ..stats import wilson_interval
+from .timing import throughput
 
 __all__ = ["StageRecords", "collect", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
            "DEFAULT_THRESHOLDS", "baseline_row"]
@@ -109,7 +111,6 @@ def _check_names(source: nn.Module | str | Path | None, dataset: Dataset, model:
 
 
 def _batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device, desc: str):
-    from tqdm.auto import tqdm
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
@@ -195,7 +196,6 @@ def evaluate(
         ValueError: not a SAC-ViT, a class count (or, with ``check_names``, class names) that does
             not match the data, an empty dataset.
     """
-    from ..model import SACViT
 
     device = resolve_device(device)
     model, name = _load(checkpoint_or_model, device)

@@ -23,9 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import timm
 import torch
+from safetensors import safe_open
+import safetensors.torch  # called through the module, so a patched writer (a full-disk test) is used
 from torch import nn
 
+from .. import model as _registers_sacvit_models  # noqa: F401  (timm must know the sacvit_* names)
 from ..meta import FORMAT, CheckpointError, CheckpointMeta, DataSpec, _one_line
 
 __all__ = ["CheckpointError", "CheckpointMeta", "CheckpointNotFoundError", "DataSpec", "FORMAT", "atomic_write",
@@ -110,18 +114,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     header = meta.to_header()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
     header["weights_sha256"] = weights_digest(weights)
-    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata=header))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(weights, tmp, metadata=header))
     return path
 
 
 def _raw_header(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
 
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
@@ -162,11 +164,6 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None,
             their SHA-256), or weights that do not fit the model; the message names the path.
         ValueError: A checkpoint for another model than ``expected_model``.
     """
-    import timm
-    from safetensors.torch import load_file
-
-    from .. import model as _registers_sacvit_models  # noqa: F401  (timm must know the sacvit_* names)
-
     meta = read_metadata(path)
     name = meta.model_name
     if expected_model is not None and name != expected_model:
@@ -175,7 +172,7 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None,
     if meta.sac_config is not None:
         kwargs["sac"] = meta.sac_config
     try:
-        weights = load_file(str(path))
+        weights = safetensors.torch.load_file(str(path))
     except Exception as err:  # truncated data section, …
         raise CheckpointError(f"{path}: cannot read the weights ({_one_line(err)}); the file is damaged") from err
     if meta.weights_sha256 is not None and weights_digest(weights) != meta.weights_sha256:
@@ -217,7 +214,6 @@ def update_metadata(path: str | Path, *, threshold: float | None = None,
     Raises:
         ValueError: not a sacvit checkpoint, a threshold for a plain ViT, or weights that changed.
     """
-    from safetensors.torch import load_file, save_file
 
     path = Path(path)
     meta = read_metadata(path)
@@ -230,11 +226,11 @@ def update_metadata(path: str | Path, *, threshold: float | None = None,
     if preprocess is not None:
         meta = meta.replace(preprocess=preprocess)
     header = {**meta.to_header(), "weights_sha256": meta.weights_sha256} if meta.weights_sha256 else meta.to_header()
-    weights = load_file(str(path))
+    weights = safetensors.torch.load_file(str(path))
 
     def write(tmp: str) -> None:
-        save_file(weights, tmp, metadata=header)
-        again = load_file(tmp)
+        safetensors.torch.save_file(weights, tmp, metadata=header)
+        again = safetensors.torch.load_file(tmp)
         if again.keys() != weights.keys() or not all(_same_bits(again[k], v) for k, v in weights.items()):
             raise ValueError(f"{path}: the rewritten weights differ from the original; nothing was changed")
 

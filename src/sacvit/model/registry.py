@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -20,7 +21,6 @@ from torch import nn
 
 from ..config import SACConfig
 from ..meta import FORMAT, CheckpointMeta, read_header
-
 from .sacvit import SACViT
 
 __all__ = ["read_state_dict", "load_backbone_weights"]
@@ -36,7 +36,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
