@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import HelpFormatter
+from .common import HelpFormatter, nonnegative
 
 __all__ = ["add_parser"]
 
@@ -41,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="SAC-ViT checkpoint written by `sacvit train`")
     src.add_argument("--onnx", metavar="DIR", help="folder written by `sacvit export` (runs on onnxruntime)")
-    a("--threshold", type=float, default=None, help="exit threshold η (default: the checkpoint's)")
+    a("--threshold", type=nonnegative, default=None,
+      help="exit threshold η ≥ 0, above 1 no image exits (default: the checkpoint's)")
     a("--top-k", type=int, default=5, help="classes reported per image")
     a("--batch-size", type=int, default=32, help="images per batch")
     a("--json", action="store_true", help="one JSON object per line instead of a table")

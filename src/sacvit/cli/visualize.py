@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import HelpFormatter
+from .common import HelpFormatter, nonnegative
 
 __all__ = ["add_parser"]
 
@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--out", required=True, help="output folder for the PNGs")
     a("--grid", action="store_true", help="one sheet with every image instead of one PNG each")
     a("--per-row", type=int, default=2, help="images per row of the --grid sheet")
-    a("--threshold", type=float, default=None, help="exit threshold η (default: the checkpoint's)")
+    a("--threshold", type=nonnegative, default=None,
+      help="exit threshold η ≥ 0, above 1 no image exits (default: the checkpoint's)")
     a("--batch-size", type=int, default=16, help="images per batch")
     a("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="device")
     p.set_defaults(func=_run)
