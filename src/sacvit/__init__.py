@@ -24,7 +24,6 @@ __version__ = "0.1.0"
 
 def create_model(name: str, checkpoint: str | None = None, **kwargs):
     """``timm.create_model`` for a registered name, with an optional local ``checkpoint`` file."""
-
     if checkpoint is not None:
         kwargs["checkpoint"] = checkpoint
     return timm.create_model(name, **kwargs)

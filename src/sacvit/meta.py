@@ -152,11 +152,15 @@ _OPTIONAL = {"preprocess": (dict, type(None)), "calibration": (dict, type(None))
 
 
 
-def read_header(path: str | Path) -> dict[str, str] | None:
-    """The safetensors header metadata of ``path``, or ``None`` when it is not a readable safetensors file."""
+def read_header(path: str | Path) -> dict[str, str]:
+    """The safetensors header metadata of ``path``.
 
+    Raises:
+        CheckpointError: not a readable safetensors file (a ``.pth``, truncated, …), naming the path.
+    """
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
-    except Exception:  # not safetensors (a .pth), truncated, …
-        return None
+    except Exception as err:  # not safetensors, truncated header, …
+        raise CheckpointError(f"{path} is not a sacvit checkpoint (cannot read a safetensors header: "
+                              f"{_one_line(err)})") from err

@@ -121,8 +121,6 @@ def _overrides(cfg: BenchConfig) -> dict[str, Any]:
 
 def load_models(cfg: BenchConfig, device: torch.device) -> tuple[nn.Module, nn.Module, str, str]:
     """The SAC-ViT, the plain full-resolution baseline, and their names."""
-
-
     if cfg.checkpoint:
 
         model, meta = load_checkpoint(cfg.checkpoint, map_location=device)
@@ -184,7 +182,6 @@ def bench_images(cfg: BenchConfig, model: nn.Module, device: torch.device):
 def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, base_name: str,
                x: Tensor, amp: torch.dtype | None) -> list[Row]:
     """One :class:`Row` per method and setting, the baseline first."""
-
     methods = set(cfg.methods)
     ee_px = ee_pixels(model)
     full_px = tuple(model.patch_embed.img_size)

@@ -35,7 +35,6 @@ def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def plain_name(sac_name: str) -> str:
     """The registered timm name of the plain ViT of a SAC-ViT variant, or ``"vit"`` if none."""
-
     rest = sac_name.removeprefix("sacvit_")
     for candidate in (rest, f"deit_{rest}"):
         if timm.is_model(candidate):
@@ -59,7 +58,6 @@ def plain_twin(model: nn.Module, img_size: int | tuple[int, int] | None = None,
             ``model``'s geometry is built instead.
         **kwargs: extra ``timm.create_model`` arguments for ``name`` (``depth``, …).
     """
-
     pe = model.patch_embed
     size = tuple(pe.img_size) if img_size is None else (
         (img_size, img_size) if isinstance(img_size, int) else tuple(img_size))

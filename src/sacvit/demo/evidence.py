@@ -30,8 +30,6 @@ def model_identity(ckpt: Path) -> str:
 
     Storing a calibrated η in the metadata (``update_metadata``) keeps the cached records valid.
     """
-
-
     meta = read_metadata(ckpt)
     if not meta.weights_sha256:
         return sha256(ckpt)
@@ -53,7 +51,6 @@ class Evidence:
 
     def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
         """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy)."""
-
         path = self._key(ckpt, split, f"stages-{policy or 'own'}")
         if path.is_file():
             return StageRecords.load(path)
@@ -67,7 +64,6 @@ class Evidence:
 
     def plain(self, ckpt: Path, split: str) -> np.ndarray:
         """Per-image correctness of a plain ViT checkpoint on ``split``."""
-
         path = self._key(ckpt, split, "plain")
         if path.is_file():
             with np.load(path) as f:

@@ -32,7 +32,6 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint.
 
     ``sac`` changes the SAC configuration, ``recipe_changes`` the recipe (an ablation's change)."""
-
     budget = cfg.budget()
     out = Path(cfg.out) / name
     ckpt = out / CHECKPOINT

@@ -150,7 +150,6 @@ def predict_files(predictor, paths: Sequence[str | Path], *, threshold: float | 
     Raises:
         ValueError: ``top_k`` or ``batch_size`` below 1.
     """
-
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"--top-k and --batch-size must be ≥ 1, got {top_k} and {batch_size}")
     thr = float(predictor.threshold if threshold is None else threshold)

@@ -206,7 +206,6 @@ def curve_rows(c: Curve, points: int = 11, chosen: float | None = None) -> list[
 def calibration_record(choice: Choice, budget: dict[str, Any], **source: Any) -> dict[str, Any]:
     """What a checkpoint records of how its η was chosen: the choice, the budget (its given fields)
     and where the images came from, as plain JSON values."""
-
     record = {**choice.to_dict(), "budget": {k: v for k, v in budget.items() if v is not None}, **source}
     return json.loads(json.dumps(record))
 
@@ -215,9 +214,9 @@ def store_threshold(checkpoint, choice: Choice, record: dict[str, Any]) -> bool:
     """Make ``choice.threshold`` the checkpoint's default η with ``record`` as its calibration record
     (atomic rewrite, weights verified); ``False`` when the checkpoint already holds both, or when
     there is no threshold to store (nothing certified: the checkpoint is left as it was)."""
-    meta = read_metadata(checkpoint)
     if choice.threshold is None:
         return False
+    meta = read_metadata(checkpoint)
     if meta.threshold == choice.threshold and meta.calibration == record:
         return False
     update_metadata(checkpoint, threshold=choice.threshold, calibration=record)

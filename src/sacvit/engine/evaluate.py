@@ -111,7 +111,6 @@ def _check_names(source: nn.Module | str | Path | None, dataset: Dataset, model:
 
 
 def _batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device, desc: str):
-
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
         yield x.to(device), torch.as_tensor(y).to(device)
@@ -196,7 +195,6 @@ def evaluate(
         ValueError: not a SAC-ViT, a class count (or, with ``check_names``, class names) that does
             not match the data, an empty dataset.
     """
-
     device = resolve_device(device)
     model, name = _load(checkpoint_or_model, device)
     if not isinstance(model, SACViT):

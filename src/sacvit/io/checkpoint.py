@@ -25,12 +25,11 @@ from typing import Any, Callable
 
 import timm
 import torch
-from safetensors import safe_open
 import safetensors.torch  # called through the module, so a patched writer (a full-disk test) is used
 from torch import nn
 
 from .. import model as _registers_sacvit_models  # noqa: F401  (timm must know the sacvit_* names)
-from ..meta import FORMAT, CheckpointError, CheckpointMeta, DataSpec, _one_line
+from ..meta import FORMAT, CheckpointError, CheckpointMeta, DataSpec, _one_line, read_header
 
 __all__ = ["CheckpointError", "CheckpointMeta", "CheckpointNotFoundError", "DataSpec", "FORMAT", "atomic_write",
            "fsync_dir", "load_checkpoint", "read_metadata", "save_checkpoint", "sha256_file", "update_metadata",
@@ -114,7 +113,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-
     path = Path(path)
     header = meta.to_header()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
@@ -124,15 +122,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
 
 
 def _raw_header(path: Path) -> dict[str, str]:
-
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as err:  # not safetensors, truncated header, …
-        raise CheckpointError(f"{path} is not a sacvit checkpoint (cannot read a safetensors header: "
-                              f"{_one_line(err)})") from err
+    return read_header(path)
 
 
 def read_metadata(path: str | Path) -> CheckpointMeta:
@@ -214,7 +206,6 @@ def update_metadata(path: str | Path, *, threshold: float | None = None,
     Raises:
         ValueError: not a sacvit checkpoint, a threshold for a plain ViT, or weights that changed.
     """
-
     path = Path(path)
     meta = read_metadata(path)
     if threshold is not None:

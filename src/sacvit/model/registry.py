@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from ..config import SACConfig
-from ..meta import FORMAT, CheckpointMeta, read_header
+from ..meta import FORMAT, CheckpointError, CheckpointMeta, read_header
 from .sacvit import SACViT
 
 __all__ = ["read_state_dict", "load_backbone_weights"]
@@ -114,8 +114,11 @@ def _with_stored_sac(variant: str, checkpoint: str, kwargs: dict[str, Any]) -> d
     """A trained SAC-ViT checkpoint is the truth about how to run it: its SAC configuration (window,
     exit threshold η, …) is restored; a ``sac=`` that contradicts it is refused. DeiT/timm weights
     and plain-ViT sacvit checkpoints carry none and load as backbone weights."""
-    raw = read_header(checkpoint)
-    if not raw or raw.get("format") != FORMAT:
+    try:
+        raw = read_header(checkpoint)
+    except CheckpointError:  # DeiT/timm .pth or other weights: load_backbone_weights reads them
+        return kwargs
+    if raw.get("format") != FORMAT:
         return kwargs
     meta = CheckpointMeta.from_header(raw, checkpoint)
     if meta.sac_config is None:
