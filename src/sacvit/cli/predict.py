@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     if not args.json:
         thr = predictor.threshold if args.threshold is None else args.threshold
-        print(f"{len(paths)} images, η = {thr:g} ({'calibrated' if _calibrated(predictor) else 'default'}); "
+        print(f"{len(paths)} image{'' if len(paths) == 1 else 's'}, η = {thr:g} ({'calibrated' if _calibrated(predictor) else 'default'}); "
               f"boxes in each image's own pixels", flush=True)
     for r in predict_files(predictor, paths, threshold=args.threshold, top_k=args.top_k,
                            batch_size=args.batch_size):
