@@ -52,9 +52,8 @@ from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_sta
 from .logs import append_json, restore_logs
 from .loss import cross_entropy, sac_loss
 from ..io.checkpoint import CheckpointMeta, DataSpec
-from ..io.train_state import Checkpointer
-from .resume import (ResumableSampler, check_resumed_sac, rank_state, resume_epoch, resume_or_start, save_everywhere,
-                     shared_state)
+from ..io.train_state import Checkpointer, RankState
+from .resume import ResumableSampler, check_resumed_sac, resume_epoch, resume_or_start, save_everywhere, shared_state
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 
@@ -329,7 +328,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                                  f"the data has {classes[:5]}…")
             model_kwargs, start_epoch = meta.model_kwargs, snap.epoch
             if d.main:
-                restore_logs(out, state["history"], state["step"])
+                restore_logs(out, state.history, state.step)
         else:
             model, model_kwargs = _build_model(cfg, len(classes), img_size)
             state, start_epoch = None, 0
@@ -362,13 +361,14 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
         history, step = [], start_epoch * steps_per_epoch
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            history, step = list(state["history"]), state["step"]
-            if rank_state(snap, d) is not None:
-                set_rng_state(rank_state(snap, d)["rng"])
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            if state.scaler:
+                scaler.load_state_dict(state.scaler)
+            history, step = list(state.history), state.step
+            own = state.own(d.rank, d.world)
+            if own is not None:
+                set_rng_state(own.rng)
             else:
                 seed_everything(cfg.seed + d.rank + 1000 * start_epoch)
         mixup = None
@@ -462,7 +462,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
                 if (every or due) and i + 1 < steps_per_epoch:  # the epoch end saves anyway
                     save_everywhere(saver, d, model, None if ema is None else ema.module,
                                     shared_state(optimizer, scheduler, scaler, step, d, history, nonfinite),
-                                    {"rng": rng_state(), "epoch_rng": epoch_rng, "loss_sum": loss_sum.cpu()},
+                                    RankState(rng_state(), epoch_rng=epoch_rng, loss_sum=loss_sum.cpu()),
                                     step=step, epoch=epoch, batch=i + 1)
                     last_save = time.monotonic()
             bar.close()
@@ -481,7 +481,7 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
             history.append(record)
             save_everywhere(saver, d, model, None if ema is None else ema.module,
                             shared_state(optimizer, scheduler, scaler, step, d, history, 0),
-                            {"rng": rng_state(), "epoch_rng": None, "loss_sum": None},
+                            RankState(rng_state()),
                             step=step, epoch=epoch + 1, batch=0, record=record)
             last_save = time.monotonic()
             if d.main:
