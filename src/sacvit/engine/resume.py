@@ -22,10 +22,10 @@ from torch.utils.data import Sampler
 from ..config import SACConfig
 from ..io.train_state import (DEPLOYED, Checkpointer, CheckpointWriteError, RankState, Snapshot, TrainState,
                               has_checkpoint, load_latest)
-from .distributed import Dist, set_rng_state
+from .distributed import Dist, seed_everything, set_rng_state
 
-__all__ = ["ResumableSampler", "check_resumed_sac", "resume_epoch", "resume_or_start", "save_everywhere",
-           "shared_state"]
+__all__ = ["ResumableSampler", "check_resumed_sac", "restore_optimisation", "resume_epoch", "resume_or_start",
+           "save_everywhere", "shared_state"]
 
 
 def resume_epoch(snap: Snapshot, sampler: "ResumableSampler", per_rank: int, d: Dist) -> tuple[Any, int]:
@@ -129,3 +129,23 @@ def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], ckpt: Path) -> No
         changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
         raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
 
+
+def restore_optimisation(snap: Snapshot, d: Dist, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                         seed: int) -> tuple[list[dict[str, Any]], int]:
+    """Load ``snap``'s optimizer, scheduler and scaler states, then this rank's RNG state (for another
+    number of processes: seed every RNG with ``seed + rank + 1000 · epoch``).
+
+    Returns:
+        The records of the finished epochs and the optimizer steps done.
+    """
+    state = snap.state
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    if state.scaler:
+        scaler.load_state_dict(state.scaler)
+    own = state.own(d.rank, d.world)
+    if own is not None:
+        set_rng_state(own.rng)
+    else:
+        seed_everything(seed + d.rank + 1000 * snap.epoch)
+    return list(state.history), state.step
