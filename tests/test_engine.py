@@ -26,7 +26,7 @@ from sacvit import plots
 from sacvit.data import build_dataset
 from sacvit.engine.evaluate import COLUMNS, SAC_ONLY, evaluate
 from sacvit.engine.train import TrainConfig, train
-from sacvit.io.train_state import Checkpointer, load_latest
+from sacvit.io.train_state import Checkpointer, RankState, TrainState, load_latest
 from sacvit.report import SWEEP_TABLE, format_table, write_csv
 
 SAC_NAME, PLAIN_NAME = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
@@ -142,7 +142,7 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
             "skipped_files"} <= records[0].keys()
     steps = records[-1]["steps"]
     snap = load_latest(run)
-    assert snap.state["scheduler"]["last_epoch"] == steps and (snap.epoch, snap.batch) == (2, 0)
+    assert snap.state.scheduler["last_epoch"] == steps and (snap.epoch, snap.batch) == (2, 0)
     assert (snap.folder / "ema.safetensors").read_bytes() == ckpt.read_bytes()  # the deployed copy
 
     train(tiny_cfg(run, epochs=3, resume=True))
@@ -150,8 +150,8 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     state = load_latest(run).state
     assert records[-1]["steps"] == 3 * steps // 2
-    assert state["scheduler"]["last_epoch"] == records[-1]["steps"]
-    assert all(s["step"] == records[-1]["steps"] for s in state["optimizer"]["state"].values())  # continued
+    assert state.scheduler["last_epoch"] == records[-1]["steps"]
+    assert all(s["step"] == records[-1]["steps"] for s in state.optimizer["state"].values())  # continued
 
     base = train(tiny_cfg(tmp_path / "plain", model=PLAIN_NAME, sac={}, epochs=1))
     assert "val_top1" in lines(tmp_path / "plain" / "metrics.jsonl")[0]
@@ -271,7 +271,8 @@ def test_cli_checkpoint_for_another_model(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     saver = Checkpointer(run, CheckpointMeta(model_name=PLAIN_NAME, model_kwargs={**KW, "num_classes": 4},
                                              class_names=list("abcd")))
-    saver.save(tiny_model(PLAIN_NAME), None, {"step": 1}, step=1, epoch=1, batch=0, record={"epoch": 1})
+    state = TrainState(optimizer={}, scheduler={}, step=1, world_size=1, ranks=[RankState(rng={})])
+    saver.save(tiny_model(PLAIN_NAME), None, state, step=1, epoch=1, batch=0, record={"epoch": 1})
     err = _cli_error(["train", "--model", SAC_NAME, "--model-kwargs", json.dumps(KW), "--data", "synthetic",
                       "--out-dir", str(run), "--resume"], capsys, monkeypatch)
     assert str(run / "checkpoints") in err and PLAIN_NAME in err

@@ -31,7 +31,8 @@ from sacvit.cli.common import json_dict
 from sacvit.config import SACConfig
 from sacvit.data.imagefolder import check_image, safe_loader
 from sacvit.io.checkpoint import CheckpointMeta, load_checkpoint, read_metadata, save_checkpoint, sha256_file
-from sacvit.io.train_state import TRAIN_FORMAT, _read_state
+from sacvit.engine.distributed import rng_state
+from sacvit.io.train_state import TRAIN_FORMAT, RankState, TrainState, _read_state
 from sacvit.model.registry import read_state_dict
 
 _CAMPAIGN = os.environ.get("SACVIT_FUZZ_EXAMPLES")
@@ -145,7 +146,10 @@ def state_pt(tmp_path_factory) -> bytes:
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
     opt.step()
     path = tmp_path_factory.mktemp("pt") / "state.pt"
-    torch.save({"format": TRAIN_FORMAT, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": 3}, path)
+    state = TrainState(optimizer=opt.state_dict(), scheduler={"last_epoch": 3}, step=3, world_size=1,
+                       history=[{"epoch": 1, "train_loss": 0.5}],
+                       ranks=[RankState(rng_state(), None, torch.zeros((), dtype=torch.float64))])
+    torch.save(state.to_dict(), path)
     return path.read_bytes()
 
 

@@ -31,7 +31,9 @@ import sacvit.cli
 from sacvit.config import ConfigTypeError, SACConfig
 from sacvit.io.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from sacvit.engine.train import TrainConfig, train
-from sacvit.io.train_state import Checkpointer, load_latest, verify
+from sacvit.engine.distributed import rng_state
+from sacvit.io.checkpoint import sha256_file
+from sacvit.io.train_state import Checkpointer, RankState, TrainState, load_latest, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SAC_NAME = "sacvit_demo_patch8_112"
@@ -122,7 +124,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, referen
         proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     snap = load_latest(out)
-    assert 0 < snap.state["step"] < TOTAL_STEPS  # killed mid-run; resumed from its last checkpoint
+    assert 0 < snap.state.step < TOTAL_STEPS  # killed mid-run; resumed from its last checkpoint
     train(cfg(out, checkpoint_every=2, resume=True))
     assert result(out) == reference
 
@@ -199,6 +201,40 @@ def test_every_checkpoint_damaged_is_a_one_line_error(tmp_path, capsys, monkeypa
         _damage(folder, "bit-flip")
     err = one_line_error(cli_args(out, checkpoint_every=5, resume=True), capsys)
     assert "no usable checkpoint" in err and "SHA-256" in err
+
+
+def test_train_state_is_plain_values_and_a_malformed_one_is_named(tmp_path, capsys):
+    rng = rng_state()
+    state = TrainState(optimizer={"state": {}, "param_groups": []}, scheduler={"last_epoch": 3}, step=3, world_size=1,
+                       history=[{"epoch": 1}], ranks=[RankState(rng, rng, torch.tensor(1.5, dtype=torch.float64))])
+    torch.save(state.to_dict(), tmp_path / "state.pt")
+    back = TrainState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert (back.optimizer, back.scheduler, back.step, back.world_size, back.history, back.nonfinite, back.scaler) == \
+        (state.optimizer, {"last_epoch": 3}, 3, 1, [{"epoch": 1}], 0, None)
+    own = back.own(0, 1)
+    assert torch.equal(own.loss_sum, torch.tensor(1.5, dtype=torch.float64)) and back.own(0, 2) is None
+    assert torch.equal(own.rng["torch"], rng["torch"]) and torch.equal(own.epoch_rng["torch"], rng["torch"])
+    for change, message in [({"format": "x"}, "not a sacvit training state"),
+                            ({"step": "3"}, "'step' has type str, expected int"),
+                            ({"world_size": 0}, "'world_size' is 0"), ({"ranks": []}, "0 'ranks' entries"),
+                            ({"ranks": [{"rng": 1}]}, "'ranks' entry 0: 'rng' has type int"),
+                            ({"history": [1]}, "history"),
+                            ({"scaler": []}, "'scaler' has type list, expected dict or None")]:
+        with pytest.raises(CheckpointError, match=message):
+            TrainState.from_dict({**state.to_dict(), **change})
+    # through the command: a consistent checkpoint (its manifest matches) whose state lacks a key
+    out = tmp_path / "run"
+    train(cfg(out, epochs=1))
+    folder = next((out / "checkpoints").glob("step-*"))
+    data = torch.load(folder / "state.pt", weights_only=True)
+    del data["history"]
+    torch.save(data, folder / "state.pt")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["state.pt"] = {"bytes": (folder / "state.pt").stat().st_size,
+                                     "sha256": sha256_file(folder / "state.pt")}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    err = one_line_error(cli_args(out, epochs=2, resume=True), capsys)
+    assert "malformed training state: no 'history'" in err and str(folder / "state.pt") in err
 
 
 def _write_past_a_file_size_limit(real, obj, path, *args, **kwargs):
@@ -295,8 +331,8 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch, value):
     assert all(np.isfinite(r["train_loss"]) for r in records)
     assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt)[0].state_dict().values())
     state = load_latest(out).state
-    assert all(s["step"] == TOTAL_STEPS - 3 for s in state["optimizer"]["state"].values())  # 3 updates skipped
-    assert state["scheduler"]["last_epoch"] == TOTAL_STEPS  # the schedule follows the data
+    assert all(s["step"] == TOTAL_STEPS - 3 for s in state.optimizer["state"].values())  # 3 updates skipped
+    assert state.scheduler["last_epoch"] == TOTAL_STEPS  # the schedule follows the data
 
 
 def test_nonfinite_steps_in_a_row_stop_training_and_keep_the_checkpoint(tmp_path, monkeypatch, capsys):
@@ -305,7 +341,7 @@ def test_nonfinite_steps_in_a_row_stop_training_and_keep_the_checkpoint(tmp_path
     err = one_line_error(cli_args(out, checkpoint_every=2, max_nonfinite=3), capsys)
     assert "not finite for 3 steps in a row" in err and "step 11" in err
     snap = load_latest(out)  # step 10: its weights are those of step 8, steps 9 and 10 were skipped
-    assert snap.state["step"] == 10 and snap.state["nonfinite"] == 2 and verify(snap.folder)
+    assert snap.state.step == 10 and snap.state.nonfinite == 2 and verify(snap.folder)
     assert all(torch.isfinite(v).all() for v in snap.model.state_dict().values())
 
 

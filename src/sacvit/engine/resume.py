@@ -6,6 +6,7 @@ of them (process ranks, RNG states, the mid-epoch sampler skip), kept next to th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -19,18 +20,13 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from ..config import SACConfig
-from ..io.train_state import DEPLOYED, Checkpointer, CheckpointWriteError, Snapshot, has_checkpoint, load_latest
-from .distributed import Dist, set_rng_state
+from ..io.train_state import (DEPLOYED, Checkpointer, CheckpointWriteError, RankState, Snapshot, TrainState,
+                              has_checkpoint, load_latest)
+from .distributed import Dist, seed_everything, set_rng_state
 
-__all__ = ["ResumableSampler", "check_resumed_sac", "rank_state", "resume_epoch", "resume_or_start",
+__all__ = ["ResumableSampler", "check_resumed_sac", "restore_optimisation", "resume_epoch", "resume_or_start",
            "save_everywhere", "shared_state"]
 
-
-def rank_state(snap: Snapshot, d: Dist) -> dict[str, Any] | None:
-    """``snap``'s state of this rank's own (``rng``, ``epoch_rng``, ``loss_sum``), or ``None`` when the
-    checkpoint was written by another number of processes."""
-    ranks = snap.state.get("ranks") or []
-    return ranks[d.rank] if snap.state.get("world_size") == d.world and len(ranks) == d.world else None
 
 def resume_epoch(snap: Snapshot, sampler: "ResumableSampler", per_rank: int, d: Dist) -> tuple[Any, int]:
     """Set up the interrupted epoch of ``snap``: skip its finished batches; restore the RNG of the epoch's
@@ -42,14 +38,14 @@ def resume_epoch(snap: Snapshot, sampler: "ResumableSampler", per_rank: int, d: 
         another number of processes) and the number of non-finite steps so far.
     """
     sampler.skip = per_rank * snap.batch
-    own, nonfinite = rank_state(snap, d), snap.state.get("nonfinite", 0)
+    own, nonfinite = snap.state.own(d.rank, d.world), snap.state.nonfinite
     if own is None:
-        sums = [r["loss_sum"] for r in snap.state["ranks"]]
+        sums = [r.loss_sum for r in snap.state.ranks]
         return sum(sums) / len(sums), nonfinite
-    if own["epoch_rng"] is not None:
-        set_rng_state(own["epoch_rng"])
-    sampler.on_start = functools.partial(set_rng_state, own["rng"])
-    return own["loss_sum"], nonfinite
+    if own.epoch_rng is not None:
+        set_rng_state(own.epoch_rng)
+    sampler.on_start = functools.partial(set_rng_state, own.rng)
+    return own.loss_sum, nonfinite
 
 
 def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapshot | None:
@@ -72,16 +68,16 @@ def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapsh
 
 
 def shared_state(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, step: int, d: Dist,
-                 history: list[dict[str, Any]], nonfinite: int) -> dict[str, Any]:
-    """The part of a checkpoint's training state that is the same on every rank."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world_size": d.world,
-            "history": list(history), "nonfinite": nonfinite}
+                 history: list[dict[str, Any]], nonfinite: int) -> TrainState:
+    """The part of a checkpoint's training state that is the same on every rank (no ``ranks`` yet)."""
+    return TrainState(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), step=step,
+                      world_size=d.world, history=list(history), nonfinite=nonfinite,
+                      scaler=scaler.state_dict() if scaler.is_enabled() else None)
 
 
 def save_everywhere(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: nn.Module | None,
-                    shared: dict[str, Any], local: dict[str, Any], **position: Any) -> None:
-    """Called by every rank: gathers each rank's own state (RNG, partial loss), rank 0 writes.
+                    shared: TrainState, local: RankState, **position: Any) -> None:
+    """Called by every rank: gathers each rank's own state (RNG, partial loss) into ``shared``, rank 0 writes.
 
     Raises:
         CheckpointWriteError: on every rank when rank 0 could not write (so that none hangs).
@@ -92,7 +88,7 @@ def save_everywhere(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: 
     error = [None]
     if d.main:
         try:
-            saver.save(model, ema, {**shared, "ranks": ranks}, **position)
+            saver.save(model, ema, dataclasses.replace(shared, ranks=ranks), **position)
         except CheckpointWriteError as err:
             error = [str(err)]
     if d.world > 1:
@@ -132,3 +128,24 @@ def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], ckpt: Path) -> No
     if wanted != sac_cfg:
         changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
         raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
+
+
+def restore_optimisation(snap: Snapshot, d: Dist, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                         seed: int) -> tuple[list[dict[str, Any]], int]:
+    """Load ``snap``'s optimizer, scheduler and scaler states, then this rank's RNG state (for another
+    number of processes: seed every RNG with ``seed + rank + 1000 · epoch``).
+
+    Returns:
+        The records of the finished epochs and the optimizer steps done.
+    """
+    state = snap.state
+    optimizer.load_state_dict(state.optimizer)
+    scheduler.load_state_dict(state.scheduler)
+    if state.scaler:
+        scaler.load_state_dict(state.scaler)
+    own = state.own(d.rank, d.world)
+    if own is not None:
+        set_rng_state(own.rng)
+    else:
+        seed_everything(seed + d.rank + 1000 * snap.epoch)
+    return list(state.history), state.step

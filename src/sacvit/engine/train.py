@@ -23,8 +23,12 @@ schedule goes on) and counted; ``max_nonfinite`` in a row stop the run. The chec
 sync per step (and a two-element all-reduce under DDP, which also carries the time-based
 checkpoint decision so that all ranks agree).
 
-(About 470 lines: the loop stays in one function so that its order of RNG draws, on which the
-bit-identical resume depends, can be read in one place.)
+Structure: :func:`train` is the loop, top to bottom; :func:`_start` builds a run's objects (a
+``_Run``), :func:`_begin_epoch`, :func:`_step` and :func:`_end_epoch` are its parts. The order of
+RNG draws, on which the bit-identical resume depends: seed, then a fresh run's initialisation
+(:func:`_start`); a resumed rank's RNG state once the optimiser is built; each epoch's start state
+recorded before the DataLoader draws its seeds (:func:`_begin_epoch`); then, per step, Mixup/CutMix
+and the model's drop-path (:func:`_loss`).
 """
 
 from __future__ import annotations
@@ -49,13 +53,13 @@ from ..config import SACConfig
 from ..devices import amp_dtype
 from ..data.classes import check_class_names
 from ..data.preprocess import preprocess_for
-from .distributed import Dist, all_mean, rng_state, seed_everything, set_rng_state, setup, teardown
+from .distributed import Dist, all_mean, rng_state, seed_everything, setup, teardown
 from .logs import append_json, restore_logs
 from .loss import cross_entropy, sac_loss
 from ..io.checkpoint import CheckpointMeta, DataSpec
-from ..io.train_state import Checkpointer
-from .resume import (ResumableSampler, check_resumed_sac, rank_state, resume_epoch, resume_or_start, save_everywhere,
-                     shared_state)
+from ..io.train_state import Checkpointer, RankState, Snapshot
+from .resume import (ResumableSampler, check_resumed_sac, restore_optimisation, resume_epoch, resume_or_start,
+                     save_everywhere, shared_state)
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 
@@ -299,6 +303,306 @@ def _step_flags(loss: torch.Tensor, norm: torch.Tensor | None, due: bool, d: Dis
     return bool(flags[0]), bool(flags[1])
 
 
+@dataclass
+class _Run:
+    """The objects of one run, built by :func:`_start`, and its counters."""
+
+    cfg: TrainConfig
+    d: Dist
+    out: Path
+    snap: Snapshot | None
+    classes: list[str]
+    per_rank: int
+    steps_per_epoch: int
+    skipped_files: int
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper
+    is_sac: bool
+    ema: Any  # timm ModelEmaV3 or None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    amp: dict[str, Any]  # torch.autocast arguments
+    total_steps: int
+    mixup: Any  # timm Mixup or None
+    sampler: DistributedSampler
+    batches: ResumableSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    saver: Checkpointer | None  # rank 0 only
+    start_epoch: int
+    history: list[dict[str, Any]]
+    step: int
+    last_save: float = field(default_factory=time.monotonic)
+    in_row: int = 0  # non-finite steps in a row
+
+    @property
+    def ema_module(self) -> nn.Module | None:
+        return None if self.ema is None else self.ema.module
+
+    @property
+    def deployed(self) -> nn.Module:
+        """The weights validated and deployed: the EMA's when EMA is on."""
+        return self.model if self.ema is None else self.ema.module
+
+
+@dataclass
+class _Epoch:
+    """The running totals of one epoch."""
+
+    index: int  # 0-based
+    t0: float
+    loss_sum: torch.Tensor  # of the finite steps' losses
+    nonfinite: int  # steps skipped
+    rng: dict[str, Any]  # every RNG state at the epoch's start, before the DataLoader draws its seeds
+    first: int  # the first batch to train (> 0 in a resumed epoch)
+
+
+def _data(cfg: TrainConfig, out: Path, d: Dist, train_set: Dataset | None,
+          val_set: Dataset | None) -> tuple[Dataset, Dataset, int]:
+    """The training and validation sets (``cfg.data``'s unless given) and the input side."""
+    img_size = _default_img_size(cfg)
+    if train_set is None:
+        train_set, val_set = _datasets(cfg, out, img_size, d)
+    elif val_set is None:
+        raise ValueError("train(cfg, train_set) also needs val_set")
+    return train_set, val_set, img_size
+
+
+def _model(cfg: TrainConfig, d: Dist, out: Path, snap: Snapshot | None, classes: list[str],
+           img_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint's model, or a new one (drawing its initialisation) in a fresh run folder; on this
+    device, in training mode. Returns it and its ``timm.create_model`` kwargs."""
+    if snap is not None:
+        model, meta = snap.model, snap.meta
+        check_class_names(meta.class_names, classes, f"--resume from {snap.folder} vs the training data")
+        model_kwargs = meta.model_kwargs
+        if d.main:
+            restore_logs(out, snap.state.history, snap.state.step)
+    else:
+        model, model_kwargs = _build_model(cfg, len(classes), img_size, classes)
+        if d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+            for name in ("metrics.jsonl", "steps.jsonl"):  # a torchrun restart before the first checkpoint
+                (out / name).unlink(missing_ok=True)
+    return model.to(d.device).train(), model_kwargs
+
+
+def _ema(cfg: TrainConfig, model: nn.Module, snap: Snapshot | None) -> Any:
+    """timm's ``ModelEmaV3`` of ``model`` (the checkpoint's EMA weights on resume), or ``None``."""
+    from timm.utils import ModelEmaV3
+
+    if not cfg.ema:
+        return None
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    if snap is not None and snap.ema is not None:
+        ema.module.load_state_dict(snap.ema)
+    ema.module.eval()
+    return ema
+
+
+def _optimisation(cfg: TrainConfig, model: nn.Module, d: Dist, steps_per_epoch: int) -> tuple[Any, ...]:
+    """AdamW, its per-step schedule, the autocast arguments and the gradient scaler, and the total steps."""
+    import timm.optim
+
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    factor, total_steps = _schedule(cfg, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    dtype = amp_dtype(cfg.amp)
+    use_amp = dtype is not None and d.device.type == "cuda"
+    amp = dict(device_type=d.device.type, dtype=dtype or torch.bfloat16, enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    return optimizer, scheduler, amp, scaler, total_steps
+
+
+def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
+    from timm.data import Mixup
+
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                     num_classes=num_classes)
+    return None
+
+
+def _loaders(cfg: TrainConfig, d: Dist, train_set: Dataset, val_set: Dataset,
+             per_rank: int) -> tuple[DistributedSampler, ResumableSampler, DataLoader, DataLoader]:
+    """This rank's sampler (with its resumable wrapper) and its training and validation loaders."""
+    workers = cfg.workers if cfg.workers is not None else (0 if d.device.type == "cpu" else min(8, os.cpu_count() or 1))
+    loader_args = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)
+    sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
+    batches = ResumableSampler(sampler)
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=batches, drop_last=True, **loader_args)
+    val_loader = DataLoader(Subset(val_set, range(d.rank, len(val_set), d.world)), batch_size=per_rank, **loader_args)
+    return sampler, batches, train_loader, val_loader
+
+
+def _checkpointer(d: Dist, out: Path, snap: Snapshot | None, meta: CheckpointMeta) -> Checkpointer | None:
+    """Rank 0's checkpoint writer (``None`` on the others); re-deploys an epoch end resumed from."""
+    if not d.main:
+        return None
+    resumed = snap is not None and snap.folder != out
+    saver = Checkpointer(out, meta, good=snap.folder.name if resumed else None)
+    if resumed and snap.batch == 0:
+        saver.redeploy(snap.folder)  # a kill between the commit and the copy to last.safetensors
+    return saver
+
+
+def _start(cfg: TrainConfig, d: Dist, train_set: Dataset | None, val_set: Dataset | None) -> _Run:
+    """Everything a run needs, fresh or resumed, in the order of its RNG draws: seed, initialise a new
+    model; on resume restore this rank's RNG state after the model and optimiser are built."""
+    from ..model import SACViT
+
+    out = Path(cfg.out_dir)
+    snap = resume_or_start(out, cfg.model, cfg.resume, d)
+    train_set, val_set, img_size = _data(cfg, out, d, train_set, val_set)
+    classes, per_rank = list(train_set.classes), cfg.batch_size // d.world
+    steps_per_epoch = math.ceil(len(train_set) / d.world) // per_rank  # DistributedSampler pads, drop_last
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set ({len(train_set)} images) is smaller than one batch ({cfg.batch_size})")
+
+    seed_everything(cfg.seed + d.rank)  # rank 0 = the single-process initialisation; DDP broadcasts it
+    model, model_kwargs = _model(cfg, d, out, snap, classes, img_size)
+    is_sac = isinstance(model, SACViT)
+    sac_cfg = model.sac_cfg if is_sac else None
+    if snap is not None and is_sac:
+        check_resumed_sac(sac_cfg, cfg.sac, snap.folder)
+    ema = _ema(cfg, model, snap)
+    optimizer, scheduler, amp, scaler, total_steps = _optimisation(cfg, model, d, steps_per_epoch)
+    start_epoch = snap.epoch if snap is not None else 0
+    history, step = [], start_epoch * steps_per_epoch
+    if snap is not None:
+        history, step = restore_optimisation(snap, d, optimizer, scheduler, scaler, cfg.seed)
+    mixup = _mixup(cfg, len(classes))
+    net = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model,
+                                                  device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    meta = CheckpointMeta(model_name=cfg.model, model_kwargs=model_kwargs, sac_config=sac_cfg, class_names=classes,
+                          preprocess=preprocess_for(cfg.data, img_size).to_dict(),
+                          data=DataSpec(name=cfg.data, folder=cfg.data_dir, seed=cfg.seed, holdout=cfg.holdout,
+                                        image_size=img_size))
+    sampler, batches, train_loader, val_loader = _loaders(cfg, d, train_set, val_set, per_rank)
+    return _Run(cfg=cfg, d=d, out=out, snap=snap, classes=classes, per_rank=per_rank, steps_per_epoch=steps_per_epoch,
+                skipped_files=len(getattr(train_set, "skipped", ())), model=model, net=net, is_sac=is_sac, ema=ema,
+                optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp=amp, total_steps=total_steps, mixup=mixup,
+                sampler=sampler, batches=batches, train_loader=train_loader, val_loader=val_loader,
+                saver=_checkpointer(d, out, snap, meta), start_epoch=start_epoch, history=history, step=step)
+
+
+def _begin_epoch(run: _Run, epoch: int) -> _Epoch:
+    """Set the sampler to ``epoch``; in the interrupted epoch of a resume, skip its finished batches
+    and restore its RNG states."""
+    t0 = time.perf_counter()
+    run.sampler.set_epoch(epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.d.device)
+    run.batches.skip, nonfinite = 0, 0
+    if epoch == run.start_epoch and run.snap is not None and run.snap.batch > 0:
+        partial, nonfinite = resume_epoch(run.snap, run.batches, run.per_rank, run.d)
+        loss_sum += partial
+    return _Epoch(epoch, t0, loss_sum, nonfinite, rng_state(), run.batches.skip // run.per_rank)
+
+
+def _loss(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss of one batch (Mixup/CutMix or label smoothing applied to the targets)."""
+    cfg, num_classes = run.cfg, len(run.classes)
+    if run.mixup is not None:
+        x, target = run.mixup(x, y)
+    elif cfg.label_smoothing > 0:
+        target = F.one_hot(y, num_classes).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+    else:
+        target = y
+    with torch.autocast(**run.amp):
+        if run.is_sac:
+            logits_ee, logits_sac = run.net(x, full_window=run.step / run.total_steps < cfg.select_after)
+            return sac_loss(logits_ee.float(), logits_sac.float(), target, kl_weight=cfg.kl_weight, kl_tau=cfg.kl_tau)
+        return cross_entropy(run.net(x).float(), target)
+
+
+def _grad_norm(run: _Run) -> torch.Tensor | None:
+    """Clip the gradients (``clip_grad``) and return their norm; ``None`` under fp16 loss scaling without
+    clipping (inf gradients are then the scaler's to skip)."""
+    if run.cfg.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        return nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    if not run.scaler.is_enabled():
+        return nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
+    return None
+
+
+def _step(run: _Run, ep: _Epoch, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """One optimizer step; a non-finite loss or gradient skips the update (the schedule goes on with the
+    data), ``max_nonfinite`` of them in a row stop the run.
+
+    Returns:
+        The loss and whether a time-based checkpoint is due (agreed by every rank).
+    """
+    cfg, d = run.cfg, run.d
+    x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+    loss = _loss(run, x, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    norm = _grad_norm(run)
+    due = bool(cfg.checkpoint_minutes) and time.monotonic() - run.last_save >= 60 * cfg.checkpoint_minutes
+    bad, due = _step_flags(loss, None if run.scaler.is_enabled() else norm, due, d)
+    if bad:
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scaler.is_enabled():
+            run.scaler.update(run.scaler.get_scale())
+        ep.nonfinite, run.in_row = ep.nonfinite + 1, run.in_row + 1
+        if run.in_row >= cfg.max_nonfinite:
+            raise ValueError(f"training stopped at step {run.step + 1} (epoch {ep.index + 1}): the loss or "
+                             f"gradient was not finite for {run.in_row} steps in a row; the last checkpoint "
+                             f"({run.out / 'checkpoints'}) is intact — lower --lr or check the data, then --resume")
+    else:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.in_row = 0
+    run.scheduler.step()
+    run.step += 1
+    if not bad:
+        if run.ema is not None:
+            run.ema.update(run.model, step=run.step)
+        ep.loss_sum += loss.detach()
+    return loss, due
+
+
+def _log_step(run: _Run, ep: _Epoch, loss: torch.Tensor) -> None:
+    """Every ``log_every`` steps: the all-reduced loss to ``steps.jsonl``."""
+    if run.cfg.log_every and run.step % run.cfg.log_every == 0:
+        value = all_mean(loss, run.d)
+        if run.d.main:
+            append_json(run.out / "steps.jsonl", {"step": run.step, "epoch": ep.index + 1, "loss": value,
+                                                  "lr": run.scheduler.get_last_lr()[0]})
+
+
+def _save(run: _Run, nonfinite: int, own: RankState, **position: Any) -> None:
+    """Checkpoint (every rank takes part; rank 0 writes) at ``position`` (``epoch``, ``batch``, ``record``)."""
+    save_everywhere(run.saver, run.d, run.model, run.ema_module,
+                    shared_state(run.optimizer, run.scheduler, run.scaler, run.step, run.d, run.history, nonfinite),
+                    own, step=run.step, **position)
+    run.last_save = time.monotonic()
+
+
+def _end_epoch(run: _Run, ep: _Epoch) -> None:
+    """The epoch's record (loss, validation when due), its checkpoint and ``OUT/last.safetensors``, its logs."""
+    cfg, d = run.cfg, run.d
+    trained = run.steps_per_epoch - ep.nonfinite  # every rank skipped the same steps
+    train_loss = all_mean(ep.loss_sum, d) / trained if trained else math.nan
+    if not math.isfinite(train_loss):
+        raise ValueError(f"training diverged in epoch {ep.index + 1} (loss {train_loss}); lower --lr")
+    record: dict[str, Any] = {"epoch": ep.index + 1, "train_loss": train_loss, "lr": run.scheduler.get_last_lr()[0],
+                              "steps": run.step, "nonfinite_steps": ep.nonfinite, "skipped_files": run.skipped_files}
+    if ep.index + 1 == cfg.epochs or (cfg.eval_every and (ep.index + 1) % cfg.eval_every == 0):
+        record.update(_validate(run.deployed, run.val_loader, d, run.amp))
+    record["seconds"] = time.perf_counter() - ep.t0
+    run.history.append(record)
+    _save(run, 0, RankState(rng_state()), epoch=ep.index + 1, batch=0, record=record)
+    if d.main:
+        append_json(run.out / "metrics.jsonl", record)
+        print(_summary(record, cfg.epochs), flush=True)
+
+
 def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> Path:
     """Train (or resume) a model and return the path of its final checkpoint.
 
@@ -316,196 +620,30 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         DatasetNotFoundError: the dataset is missing.
         CheckpointWriteError: a checkpoint could not be written (the previous one is intact).
     """
-    from timm.utils import ModelEmaV3
     from tqdm.auto import tqdm
-
-    from ..model import SACViT
 
     d = setup(cfg.device, cfg.threads)
     try:
-        out = Path(cfg.out_dir)
-        ckpt = out / CHECKPOINT
         _check_config(cfg, d)
-        snap = resume_or_start(out, cfg.model, cfg.resume, d)
-        img_size = _default_img_size(cfg)
-        if train_set is None:
-            train_set, val_set = _datasets(cfg, out, img_size, d)
-        elif val_set is None:
-            raise ValueError("train(cfg, train_set) also needs val_set")
-        classes = list(train_set.classes)
-        per_rank = cfg.batch_size // d.world
-        steps_per_epoch = math.ceil(len(train_set) / d.world) // per_rank  # DistributedSampler pads, drop_last
-        if steps_per_epoch == 0:
-            raise ValueError(f"the training set ({len(train_set)} images) is smaller than one batch ({cfg.batch_size})")
-        skipped_files = len(getattr(train_set, "skipped", ()))
-
-        seed_everything(cfg.seed + d.rank)  # rank 0 = the single-process initialisation; DDP broadcasts it
-        if snap is not None:
-            model, meta, state = snap.model, snap.meta, snap.state
-            check_class_names(meta.class_names, classes, f"--resume from {snap.folder} vs the training data")
-            model_kwargs, start_epoch = meta.model_kwargs, snap.epoch
-            if d.main:
-                restore_logs(out, state["history"], state["step"])
-        else:
-            model, model_kwargs = _build_model(cfg, len(classes), img_size, classes)
-            state, start_epoch = None, 0
-            if d.main:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-                for name in ("metrics.jsonl", "steps.jsonl"):  # a torchrun restart before the first checkpoint
-                    (out / name).unlink(missing_ok=True)
-        model.to(d.device).train()
-        is_sac = isinstance(model, SACViT)
-        sac_cfg = model.sac_cfg if is_sac else None
-        if snap is not None and is_sac:
-            check_resumed_sac(sac_cfg, cfg.sac, snap.folder)
-        ema = None
-        if cfg.ema:
-            ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-            if snap is not None and snap.ema is not None:
-                ema.module.load_state_dict(snap.ema)
-            ema.module.eval()
-
-        import timm.optim
-        from timm.data import Mixup
-
-        optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-        factor, total_steps = _schedule(cfg, steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        dtype = amp_dtype(cfg.amp)
-        use_amp = dtype is not None and d.device.type == "cuda"
-        amp = dict(device_type=d.device.type, dtype=dtype or torch.bfloat16, enabled=use_amp)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
-        history, step = [], start_epoch * steps_per_epoch
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            history, step = list(state["history"]), state["step"]
-            if rank_state(snap, d) is not None:
-                set_rng_state(rank_state(snap, d)["rng"])
-            else:
-                seed_everything(cfg.seed + d.rank + 1000 * start_epoch)
-        mixup = None
-        if cfg.mixup > 0 or cfg.cutmix > 0:
-            mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
-                          label_smoothing=cfg.label_smoothing, num_classes=len(classes))
-        net = model
-        if d.world > 1:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-
-        workers = cfg.workers if cfg.workers is not None else (0 if d.device.type == "cpu" else min(8, os.cpu_count() or 1))
-        loader_args = dict(num_workers=workers, pin_memory=d.device.type == "cuda", persistent_workers=workers > 0)
-        sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-        batches = ResumableSampler(sampler)
-        train_loader = DataLoader(train_set, batch_size=per_rank, sampler=batches, drop_last=True, **loader_args)
-        val_loader = DataLoader(Subset(val_set, range(d.rank, len(val_set), d.world)), batch_size=per_rank, **loader_args)
-
-        meta = CheckpointMeta(model_name=cfg.model, model_kwargs=model_kwargs, sac_config=sac_cfg, class_names=classes,
-                              preprocess=preprocess_for(cfg.data, img_size).to_dict(),
-                              data=DataSpec(name=cfg.data, folder=cfg.data_dir, seed=cfg.seed, holdout=cfg.holdout,
-                                            image_size=img_size))
-        good = snap.folder.name if snap is not None and snap.folder != out else None
-        saver = Checkpointer(out, meta, good=good) if d.main else None
-        if saver is not None and snap is not None and snap.folder != out and snap.batch == 0:
-            saver.redeploy(snap.folder)  # a kill between the commit and the copy to last.safetensors
-        last_save, in_row = time.monotonic(), 0
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            sampler.set_epoch(epoch)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-            batches.skip, nonfinite = 0, 0
-            if epoch == start_epoch and snap is not None and snap.batch > 0:  # an interrupted epoch
-                partial, nonfinite = resume_epoch(snap, batches, per_rank, d)
-                loss_sum += partial
-            first = batches.skip // per_rank
-            epoch_rng = rng_state()
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, total=steps_per_epoch,
-                       initial=first, disable=not (d.main and sys.stderr.isatty()))
-            for i, (x, y) in enumerate(bar, start=first):
-                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-                if mixup is not None:
-                    x, target = mixup(x, y)
-                elif cfg.label_smoothing > 0:
-                    target = F.one_hot(y, len(classes)).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / len(classes)
-                else:
-                    target = y
-                with torch.autocast(**amp):
-                    if is_sac:
-                        logits_ee, logits_sac = net(x, full_window=step / total_steps < cfg.select_after)
-                        loss = sac_loss(logits_ee.float(), logits_sac.float(), target,
-                                        kl_weight=cfg.kl_weight, kl_tau=cfg.kl_tau)
-                    else:
-                        loss = cross_entropy(net(x).float(), target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                norm = None  # with fp16 loss scaling, inf gradients are the scaler's to skip
-                if cfg.clip_grad:
-                    scaler.unscale_(optimizer)
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                elif not scaler.is_enabled():
-                    norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-                due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
-                bad, due = _step_flags(loss, None if scaler.is_enabled() else norm, due, d)
-                if bad:  # skip the update; the schedule goes on with the data
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler.is_enabled():
-                        scaler.update(scaler.get_scale())
-                    nonfinite, in_row = nonfinite + 1, in_row + 1
-                    if in_row >= cfg.max_nonfinite:
-                        raise ValueError(f"training stopped at step {step + 1} (epoch {epoch + 1}): the loss or "
-                                         f"gradient was not finite for {in_row} steps in a row; the last checkpoint "
-                                         f"({out / 'checkpoints'}) is intact — lower --lr or check the data, then --resume")
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    in_row = 0
-                scheduler.step()
-                step += 1
-                if not bad:
-                    if ema is not None:
-                        ema.update(model, step=step)
-                    loss_sum += loss.detach()
-                if cfg.log_every and step % cfg.log_every == 0:
-                    value = all_mean(loss, d)
-                    if d.main:
-                        append_json(out / "steps.jsonl", {"step": step, "epoch": epoch + 1, "loss": value,
-                                                          "lr": scheduler.get_last_lr()[0]})
+        run = _start(cfg, d, train_set, val_set)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            ep = _begin_epoch(run, epoch)
+            bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       total=run.steps_per_epoch, initial=ep.first, disable=not (d.main and sys.stderr.isatty()))
+            for i, (x, y) in enumerate(bar, start=ep.first):
+                loss, due = _step(run, ep, x, y)
+                _log_step(run, ep, loss)
                 if i % 10 == 0 and not bar.disable:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
-                every = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                if (every or due) and i + 1 < steps_per_epoch:  # the epoch end saves anyway
-                    save_everywhere(saver, d, model, None if ema is None else ema.module,
-                                    shared_state(optimizer, scheduler, scaler, step, d, history, nonfinite),
-                                    {"rng": rng_state(), "epoch_rng": epoch_rng, "loss_sum": loss_sum.cpu()},
-                                    step=step, epoch=epoch, batch=i + 1)
-                    last_save = time.monotonic()
+                every = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
+                if (every or due) and i + 1 < run.steps_per_epoch:  # the epoch end saves anyway
+                    own = RankState(rng_state(), epoch_rng=ep.rng, loss_sum=ep.loss_sum.cpu())
+                    _save(run, ep.nonfinite, own, epoch=epoch, batch=i + 1)
             bar.close()
-            trained = steps_per_epoch - nonfinite  # every rank skipped the same steps
-            train_loss = all_mean(loss_sum, d) / trained if trained else math.nan
-            if not math.isfinite(train_loss):
-                raise ValueError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); lower --lr")
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                      "lr": scheduler.get_last_lr()[0], "steps": step,
-                                      "nonfinite_steps": nonfinite, "skipped_files": skipped_files}
-            last = epoch + 1 == cfg.epochs
-            deployed = model if ema is None else ema.module
-            if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-                record.update(_validate(deployed, val_loader, d, amp))
-            record["seconds"] = time.perf_counter() - t0
-            history.append(record)
-            save_everywhere(saver, d, model, None if ema is None else ema.module,
-                            shared_state(optimizer, scheduler, scaler, step, d, history, 0),
-                            {"rng": rng_state(), "epoch_rng": None, "loss_sum": None},
-                            step=step, epoch=epoch + 1, batch=0, record=record)
-            last_save = time.monotonic()
-            if d.main:
-                append_json(out / "metrics.jsonl", record)
-                print(_summary(record, cfg.epochs), flush=True)
+            _end_epoch(run, ep)
         if d.world > 1:
             dist.barrier()
-        return ckpt
+        return run.out / CHECKPOINT
     finally:
         teardown(d)
 

@@ -4,9 +4,9 @@ Layout of a run folder ``OUT``::
 
     OUT/checkpoints/step-000001200/model.safetensors   trained weights + sacvit metadata
                                   /ema.safetensors     EMA weights (when EMA is on)
-                                  /state.pt            optimizer, scheduler, AMP scaler, every RNG
-                                                       state of every rank, sampler position,
-                                                       partial epoch loss, epoch records
+                                  /state.pt            a TrainState: optimizer, scheduler, AMP scaler,
+                                                       every RNG state of every rank, partial
+                                                       epoch loss, epoch records
                                   /manifest.json       step, position, size and SHA-256 of each file
     OUT/checkpoints/latest                             name of the newest committed folder
     OUT/last.safetensors                               the weights to use, as of the last epoch end
@@ -20,7 +20,8 @@ one (the one committed or resumed from before it) are kept.
 :func:`load_latest` verifies every file against the manifest; a truncated, damaged or modified
 checkpoint is refused and the previous good one used instead, and the caller is told. A failed
 write (a full disk) removes the partial folder, keeps the previous checkpoint and raises
-:class:`CheckpointWriteError`. ``state.pt`` is read with ``torch.load(weights_only=True)``.
+:class:`CheckpointWriteError`. ``state.pt`` is read with ``torch.load(weights_only=True)``: a
+:class:`TrainState` is stored as plain tensors and values, its keys written and read only here.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,8 +40,8 @@ from torch import nn
 from .checkpoint import (CheckpointError, CheckpointMeta, CheckpointNotFoundError, atomic_write, fsync_dir,
                          load_checkpoint, read_metadata, save_checkpoint, sha256_file)
 
-__all__ = ["CheckpointWriteError", "Checkpointer", "Snapshot", "TRAIN_FORMAT", "has_checkpoint", "load_latest",
-           "verify", "DEPLOYED"]
+__all__ = ["CheckpointWriteError", "Checkpointer", "RankState", "Snapshot", "TRAIN_FORMAT", "TrainState",
+           "has_checkpoint", "load_latest", "verify", "DEPLOYED"]
 
 TRAIN_FORMAT = "sacvit-train-checkpoint/1"
 FOLDER, POINTER, MANIFEST, STATE = "checkpoints", "latest", "manifest.json", "state.pt"
@@ -63,6 +64,116 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. a full disk); the previous one is intact."""
 
 
+def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+    if key not in data:
+        raise CheckpointError(f"no '{key}'")
+    value = data[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        names += " or None" if optional else ""
+        raise CheckpointError(f"'{key}' has type {type(value).__name__}, expected {names}")
+    return value
+
+
+def _count(data: dict[str, Any], key: str, least: int = 0) -> int:
+    value = _get(data, key, int)
+    if value < least:
+        raise CheckpointError(f"'{key}' is {value}, less than {least}")
+    return value
+
+
+@dataclass
+class RankState:
+    """One process's own part of a :class:`TrainState`.
+
+    Attributes:
+        rng: every RNG state of the process (:func:`sacvit.engine.distributed.rng_state`).
+        epoch_rng: mid-epoch: the RNG state at the start of the epoch (the DataLoader draws its
+            seeds from it); ``None`` at an epoch end.
+        loss_sum: mid-epoch: the sum of the epoch's finite losses so far (a scalar tensor);
+            ``None`` at an epoch end.
+    """
+
+    rng: dict[str, Any]
+    epoch_rng: dict[str, Any] | None = None
+    loss_sum: torch.Tensor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng, "epoch_rng": self.epoch_rng, "loss_sum": self.loss_sum}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RankState":
+        """Raises CheckpointError: not a dict, or a missing key or wrongly typed value (named)."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"a {type(data).__name__}, not a dict")
+        return cls(rng=_get(data, "rng", dict), epoch_rng=_get(data, "epoch_rng", dict, optional=True),
+                   loss_sum=_get(data, "loss_sum", torch.Tensor, optional=True))
+
+
+@dataclass
+class TrainState:
+    """What a training checkpoint holds besides the weights (``state.pt``).
+
+    Attributes:
+        optimizer: the optimizer's ``state_dict()``.
+        scheduler: the LR scheduler's ``state_dict()``.
+        step: optimizer steps done (skipped non-finite steps included).
+        world_size: the number of processes that wrote it.
+        history: the records of the finished epochs (the lines of ``metrics.jsonl``).
+        nonfinite: non-finite steps skipped so far in the current epoch.
+        scaler: the AMP gradient scaler's ``state_dict()``, or ``None`` when it is off.
+        ranks: every process's own state, by rank (``world_size`` of them in a saved checkpoint).
+    """
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    step: int
+    world_size: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    nonfinite: int = 0
+    scaler: dict[str, Any] | None = None
+    ranks: list[RankState] = field(default_factory=list)
+
+    def own(self, rank: int, world: int) -> RankState | None:
+        """Process ``rank``'s state, or ``None`` when the state was written by another number of processes."""
+        return self.ranks[rank] if self.world_size == world and len(self.ranks) == world else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and values (``torch.load(weights_only=True)`` reads them), with the format tag."""
+        return {"format": TRAIN_FORMAT, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": self.scaler, "step": self.step, "world_size": self.world_size,
+                "history": list(self.history), "nonfinite": self.nonfinite,
+                "ranks": [r.to_dict() for r in self.ranks]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TrainState":
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            CheckpointError: not a sacvit training state, or a missing key or wrongly typed value
+                (named in the message).
+        """
+        if not isinstance(data, dict) or data.get("format") != TRAIN_FORMAT:
+            raise CheckpointError(f"not a sacvit training state (no format '{TRAIN_FORMAT}')")
+        history = _get(data, "history", list)
+        if not all(isinstance(r, dict) for r in history):
+            raise CheckpointError("'history' holds something else than epoch records")
+        ranks = []
+        for i, entry in enumerate(_get(data, "ranks", list)):
+            try:
+                ranks.append(RankState.from_dict(entry))
+            except CheckpointError as err:
+                raise CheckpointError(f"'ranks' entry {i}: {err}") from None
+        state = cls(optimizer=_get(data, "optimizer", dict), scheduler=_get(data, "scheduler", dict),
+                    step=_count(data, "step"), world_size=_count(data, "world_size", least=1), history=history,
+                    nonfinite=_count(data, "nonfinite"), scaler=_get(data, "scaler", dict, optional=True), ranks=ranks)
+        if len(ranks) != state.world_size:
+            raise CheckpointError(f"{len(ranks)} 'ranks' entries for a world size of {state.world_size}")
+        return state
+
+
 @dataclass
 class Snapshot:
     """A verified training checkpoint, loaded.
@@ -72,8 +183,7 @@ class Snapshot:
         model: the model with the trained (not EMA) weights, on the CPU.
         meta: the checkpoint metadata.
         ema: the EMA weights, or ``None``.
-        state: what ``state.pt`` holds (optimizer, scheduler, scaler, rng, epoch_rng, loss_sum,
-            nonfinite, history, step, world_size).
+        state: what ``state.pt`` holds.
         epoch: epochs finished.
         batch: batches of epoch ``epoch`` already trained (0 at an epoch end).
     """
@@ -82,7 +192,7 @@ class Snapshot:
     model: nn.Module
     meta: CheckpointMeta
     ema: dict[str, torch.Tensor] | None
-    state: dict[str, Any]
+    state: TrainState
     epoch: int
     batch: int
 
@@ -112,13 +222,13 @@ class Checkpointer:
         self.meta = meta
         self.good = good
 
-    def save(self, model: nn.Module, ema: nn.Module | None, state: dict[str, Any], *, step: int, epoch: int,
+    def save(self, model: nn.Module, ema: nn.Module | None, state: TrainState, *, step: int, epoch: int,
              batch: int, record: dict[str, Any] | None = None) -> Path:
         """Write and commit one checkpoint; at an epoch end (``record`` given) also ``OUT/last.safetensors``.
 
         Args:
             model: the trained model; ema: its EMA module or ``None``.
-            state: everything else resuming needs (tensors and plain values only).
+            state: everything else resuming needs.
             step: optimizer steps done; epoch: epochs finished; batch: batches of the next epoch done.
             record: the epoch's metrics, stored in the weights' metadata, at an epoch end.
 
@@ -138,7 +248,7 @@ class Checkpointer:
             save_checkpoint(tmp / "model.safetensors", model, meta)
             if ema is not None:
                 save_checkpoint(tmp / "ema.safetensors", ema, meta)
-            atomic_write(tmp / STATE, lambda path: torch.save({"format": TRAIN_FORMAT, **state}, path))
+            atomic_write(tmp / STATE, lambda path: torch.save(state.to_dict(), path))
             files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
             manifest = {"format": TRAIN_FORMAT, "step": step, "epoch": epoch, "batch": batch, "files": files,
                         "deployed": "ema.safetensors" if ema is not None else "model.safetensors"}
@@ -216,14 +326,17 @@ def verify(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path) -> TrainState:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, a pickle that would run code, …
         raise CheckpointError(f"cannot read training state {path}: {' '.join(str(err).split())[:300]}") from err
-    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path} is not a sacvit training state")
-    return state
+    try:
+        return TrainState.from_dict(data)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: malformed training state: {err}") from None
 
 
 def _load(folder: Path, expected_model: str | None) -> Snapshot:
@@ -232,7 +345,10 @@ def _load(folder: Path, expected_model: str | None) -> Snapshot:
     manifest = verify(folder)
     model, meta = load_checkpoint(folder / "model.safetensors", expected_model=expected_model)
     ema = load_file(str(folder / "ema.safetensors")) if "ema.safetensors" in manifest["files"] else None
-    return Snapshot(folder, model, meta, ema, _read_state(folder / STATE), manifest["epoch"], manifest["batch"])
+    state = _read_state(folder / STATE)
+    if manifest["batch"] and any(r.loss_sum is None for r in state.ranks):
+        raise CheckpointError(f"{folder / STATE}: malformed training state: no partial loss in a mid-epoch checkpoint")
+    return Snapshot(folder, model, meta, ema, state, manifest["epoch"], manifest["batch"])
 
 
 def load_latest(out: str | Path, expected_model: str | None = None,
