@@ -12,7 +12,7 @@ def test_full_attention_is_a_plain_block_over_the_same_tokens(images):
     model = make_tiny(attention="full")
     with torch.no_grad():
         ee = model.forward_ee(images)
-        c = model.cluster(ee.gca, 3)
+        c = model.policy.cluster(ee.gca, 3)
         z = model.sac_tokens(images, ee, c)
         got = model.sac_blocks(z, c.num_target)
         ref = z
@@ -44,7 +44,7 @@ def test_window_policies(images, policy):
     torch.manual_seed(0)
     with torch.no_grad():
         ee = model.forward_ee(images)
-        boxes = torch.stack([model.cluster(ee.gca, 2).box for _ in range(4)])  # (4 draws, B, 4)
+        boxes = torch.stack([model.policy.cluster(ee.gca, 2).box for _ in range(4)])  # (4 draws, B, 4)
     token_px = 8  # ee_scale 2 × patch 4
     if policy == "center":
         assert (boxes == torch.tensor([1, 1, 3, 3]) * token_px).all()  # the middle 2×2 of a 4×4 grid
@@ -63,7 +63,7 @@ def test_no_reuse_passes_the_ee_embeddings_through(images):
     assert model.reuse is None
     with torch.no_grad():
         ee = model.forward_ee(images)
-        c = model.cluster(ee.gca, 3)
+        c = model.policy.cluster(ee.gca, 3)
         z = model.sac_tokens(images, ee, c)
     non_target = torch.stack([ee.embed[b, c.non_target[b]] for b in range(6)])
     assert torch.equal(z[:, c.num_target + 1:], model.norm_pre(non_target))
@@ -73,8 +73,8 @@ def test_whole_grid_window_is_no_clustering(images):
     model = make_tiny(window=4)  # the 4×4 EE grid: every token is target, at full resolution
     with torch.no_grad():
         ee = model.forward_ee(images)
-        c = model.cluster(ee.gca, 4)
-        full = model.full_clusters(6, images.device)
+        c = model.policy.cluster(ee.gca, 4)
+        full = model.policy.full(6, images.device)
     assert c.num_target == 64 and c.num_non_target == 0
     assert torch.equal(c.target, full.target)
     assert model.gmacs_sac(64, 0) > model.gmacs_ee()

@@ -118,7 +118,7 @@ def test_compacted_batch_equals_sac_on_everything(sac):
         # the gather-by-row-index crop (no copy of the images) == cropping a compacted copy
         rest = sac_rows.nonzero().squeeze(1)
         sub = ee.index(rest)
-        c = model.cluster(sub.gca, 3)
+        c = model.policy.cluster(sub.gca, 3)
         by_rows = model.forward_sac(x, sub, c, rows=rest)
         by_copy = model.forward_sac(x[rest].clone(), sub, c)
         assert torch.allclose(by_rows, by_copy, atol=1e-6)
@@ -151,7 +151,7 @@ def test_plain_twin_at_ee_resolution_equals_forward_ee():
     full = bench.plain_twin(model)
     with torch.no_grad():
         assert torch.allclose(twin(bench.twins.downsample(x, (56, 56))), model.forward_ee(x).logits, atol=1e-5)
-        assert torch.allclose(full(x), timm.models.VisionTransformer.forward(model, x), atol=1e-5)
+        assert torch.allclose(full(x), model.forward_backbone(x), atol=1e-5)
     assert math.isclose(flops.vit_gmacs(full), model.gmacs_full(), rel_tol=1e-9)
 
 
@@ -254,10 +254,12 @@ def test_checkpoints_and_dataset_give_top1(tmp_path):
     assert float(rows[1]["exit_share"]) == 1.0 and float(rows[2]["exit_share"]) == 0.0
 
 
-def test_instrumented_predict_matches_predict_with_adaptive_buckets():
+def test_instrumented_predict_matches_predict_with_adaptive_buckets(monkeypatch):
+    from sacvit.model.policy import ClusterPolicy
+
     model = make_tiny(cluster_mode="adaptive", rho=0.6, adaptive_sizes=(2, 3, 4))
     # random weights give every image the same window side: pick the side per image from its GCA
-    model.window_sizes = lambda gca: 2 + gca.flatten(1).argmax(1) % 3
+    monkeypatch.setattr(ClusterPolicy, "sides", lambda self, gca: 2 + gca.flatten(1).argmax(1) % 3)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         thr = bench.exit_threshold(model.forward_ee(x).logits.softmax(-1).amax(-1), 0.25)

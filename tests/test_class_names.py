@@ -16,7 +16,8 @@ from deploy_helpers import CLASSES, KW, NAME, save_tiny, tiny_sacvit
 from sacvit.data import build_dataset, check_class_names
 from sacvit.data.preprocess import preprocess_for
 from sacvit.io.checkpoint import CheckpointMeta, save_checkpoint
-from sacvit.engine.train import TrainConfig, _build_model, train
+from sacvit.engine.train import TrainConfig, train
+from sacvit.engine.train_setup import build_model as _build_model
 
 
 # ------------------------------------------------------------------ the one function

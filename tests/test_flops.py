@@ -37,12 +37,12 @@ def test_sacvit_stages_closed_form_matches_measurement():
     model = make_tiny()
     x = torch.randn(1, 3, 32, 32)
     ee = model.forward_ee(x)
-    clusters = model.cluster(ee.gca, 3)
+    clusters = model.policy.cluster(ee.gca, 3)
     checks = {
         "ee": (model.gmacs_ee(), lambda: model.forward_ee(x)),
         "sac": (model.gmacs_sac(clusters.num_target, clusters.num_non_target),
                 lambda: model.forward_sac(x, ee, clusters)),
-        "full": (model.gmacs_full(), lambda: timm.models.VisionTransformer.forward(model, x)),
+        "full": (model.gmacs_full(), lambda: model.forward_backbone(x)),
     }
     for name, (closed, run) in checks.items():
         measured = measure_macs(run) / 1e9

@@ -38,7 +38,7 @@ def test_sac_with_full_window_equals_timm_at_full_resolution(images):
     ref = _plain(model, 32)
     with torch.no_grad():
         ee = model.forward_ee(images)
-        got = model.forward_sac(images, ee, model.full_clusters(6, images.device))
+        got = model.forward_sac(images, ee, model.policy.full(6, images.device))
         expected = ref(images)
     assert (got - expected).abs().max() < 1e-5
 
@@ -48,7 +48,7 @@ def test_reuse_at_zero_init_is_identity(images):
     model = SACViT(sac=SACConfig(window=3, gca_start=1), **TINY).eval()  # fc2 zero-initialised
     ref = _plain(model, 32)
     with torch.no_grad():
-        got = model.forward_sac(images, model.forward_ee(images), model.full_clusters(6, images.device))
+        got = model.forward_sac(images, model.forward_ee(images), model.policy.full(6, images.device))
         assert (got - ref(images)).abs().max() < 1e-5
 
 

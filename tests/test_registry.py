@@ -27,7 +27,7 @@ def test_deit_checkpoint_loads_unchanged(deit_tiny_files, fname):
         assert torch.equal(model.state_dict()[k], v), k
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        assert torch.equal(timm.models.VisionTransformer.forward(model, x), deit(x))
+        assert torch.equal(model.forward_backbone(x), deit(x))
 
 
 def test_timm_pretrained_cfg_overlay_file(deit_tiny_files):

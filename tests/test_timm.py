@@ -207,3 +207,22 @@ def test_the_training_input_check_is_optional(images):
     with pytest.raises(ValueError, match="NaN"):
         model(bad)
     assert isinstance(sacvit.SACViT, type)
+
+
+def test_forward_features_and_head_are_the_sac_stage():
+    """timm's contract ``forward_head(forward_features(x))`` means the SAC-only computation,
+    tokens CLS first; the plain backbone is ``forward_backbone``; adaptive mode and masks refuse."""
+    model = make_tiny().eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        t, m = model.policy.counts()
+        assert feats.shape == (3, 1 + t + m, model.embed_dim)
+        assert torch.allclose(model.forward_head(feats), model.predict(x, 2.0).logits, atol=1e-5)
+        assert torch.allclose(model.forward_head(feats), model(x) if model.sac_cfg.threshold > 1 else
+                              model.predict(x, 1.01).logits, atol=1e-5)
+        assert not torch.allclose(model.forward_head(feats), model.forward_backbone(x), atol=1e-3)
+    with pytest.raises(ValueError, match="attn_mask"):
+        model.forward_features(x, attn_mask=torch.ones(1, 1))
+    with pytest.raises(ValueError, match="adaptive"):
+        make_tiny(cluster_mode="adaptive", adaptive_sizes=(2, 3)).forward_features(x)

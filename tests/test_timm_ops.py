@@ -123,7 +123,7 @@ def test_sacvit_stages_equal_timm_vit(options):
     with torch.no_grad():
         ee = model.forward_ee(x)
         assert torch.allclose(ee.logits, _plain_like(model, options, 16)(x_ee), atol=1e-5, rtol=1e-4)
-        whole = model.forward_sac(x, ee, model.full_clusters(4, x.device))
+        whole = model.forward_sac(x, ee, model.policy.full(4, x.device))
         assert torch.allclose(whole, _plain_like(model, options, 32)(x), atol=1e-5, rtol=1e-4)
 
 

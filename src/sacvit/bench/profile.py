@@ -1,27 +1,27 @@
 """Where the time of ``SACViT.predict`` goes: a per-part split and a torch.profiler op table.
 
-:func:`profile_parts` times the real ``predict``, with each stage method wrapped so that it ends
-a device-synchronised lap when it returns (:func:`_lapped`), next to the uninstrumented call.
+:func:`profile_parts` times the real ``predict``, with a device-synchronised lap as each part ends (``SACViT.profiling``, the model's profile hook),
+next to the uninstrumented call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..devices import amp_context
 from ..engine.timing import sync
+from ..model.sacvit import SACViT
 
 __all__ = ["PART_NAMES", "PartsProfile", "profile_parts", "profile_ops"]
 
-#: Parts of :func:`profile_parts`, in execution order.
-PART_NAMES = ("ee", "cluster", "reuse", "tokens", "sac_blocks", "head")
+#: Parts of :func:`profile_parts`, in execution order (the model's profile hook names them).
+PART_NAMES = SACViT.PROFILE_PARTS
 PART_LABELS = {
     "ee": "EE stage (input check, downsample, blocks, GCA, head)",
     "cluster": "exit decision, batch compaction, clustering (window + token indices)",
@@ -97,38 +97,11 @@ class _Clock:
         self.t = now
 
 
-#: The stage methods of ``SACViT.predict``, each ending the lap of the part it completes.
-_LAPS = (("forward_ee", "ee"), ("cluster", "cluster"), ("reuse_tokens", "reuse"),
-         ("sac_tokens", "tokens"), ("sac_blocks", "sac_blocks"), ("sac_head", "head"))
-
-
-@contextlib.contextmanager
-def _lapped(model: nn.Module, clock: _Clock) -> Iterator[None]:
-    """Make each stage method of ``model`` end a lap of ``clock`` when it returns.
-
-    Instance attributes shadow the class's methods, so the real ``predict`` runs unchanged and
-    calls the timed versions; they are removed on exit.
-    """
-    def timed(method: Callable[..., Any], part: str) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            out = method(*args, **kwargs)
-            clock.lap(part)
-            return out
-        return run
-
-    for name, part in _LAPS:
-        setattr(model, name, timed(getattr(model, name), part))
-    try:
-        yield
-    finally:
-        for name, _ in _LAPS:
-            delattr(model, name)
-
-
 def _predict_instrumented(model: nn.Module, x: Tensor, threshold: float, clock: _Clock) -> Any:
-    """``model.predict(x, threshold)`` itself, with a synchronised lap after each part."""
+    """``model.predict(x, threshold)`` itself, with a synchronised lap as each part ends
+    (the model's :meth:`~sacvit.model.sacvit.SACViT.profiling` hook)."""
     clock.start()
-    with _lapped(model, clock):
+    with model.profiling(clock.lap):
         prediction = model.predict(x, threshold)
     clock.lap("head")  # the scatter of the SAC results back into the batch
     return prediction
@@ -139,7 +112,7 @@ def profile_parts(model: nn.Module, x: Tensor, threshold: float, repeats: int = 
     """Per-part time split of ``model.predict(x, threshold)``.
 
     Each repetition runs ``predict`` plain (the total) and with a device sync after each part
-    (:func:`_lapped`), alternately, so both see the same machine load; the medians are reported.
+    (:func:`_predict_instrumented`), alternately, so both see the same machine load; the medians are reported.
     """
     device = x.device
     ctx = amp_context(device, amp)

@@ -27,16 +27,8 @@ def panels(pretrained: Pretrained, x: torch.Tensor, titles: Sequence[str],
     thr = model.sac_cfg.threshold if threshold is None else float(threshold)
     pred = model.predict(x, thr)
     ee = model.forward_ee(x)
-    h, w = model.ee_grid
     B = x.shape[0]
-    target = torch.ones(B, h * w, dtype=torch.bool)
-    boxes = torch.empty(B, 4, dtype=torch.long)
-    for m, idx in model.window_buckets(ee.gca):
-        c = model.cluster(ee.gca[idx], m)
-        rows = target[idx.cpu()]
-        rows.scatter_(1, c.non_target.cpu(), False)
-        target[idx.cpu()] = rows
-        boxes[idx.cpu()] = c.box.cpu()
+    target, boxes = (t.cpu() for t in model.target_selection(ee))
     p_ee = ee.logits.float().softmax(-1).cpu()
     p_final = pred.logits.float().softmax(-1).cpu()
     names = pretrained.class_names
@@ -44,7 +36,7 @@ def panels(pretrained: Pretrained, x: torch.Tensor, titles: Sequence[str],
     for i in range(B):
         ce, cf = int(p_ee[i].argmax()), int(p_final[i].argmax())
         out.append(viz.Panel(image=pretrained.preprocess.denormalize(x[i]), gca=ee.gca[i].float().cpu().numpy(),
-                             target=target[i].view(h, w).numpy(), box=tuple(int(v) for v in boxes[i]),
+                             target=target[i].numpy(), box=tuple(int(v) for v in boxes[i]),
                              ee=(names[ce], float(p_ee[i, ce])), final=(names[cf], float(p_final[i, cf])),
                              exited=int(pred.stage[i]) == 0, title=titles[i]))
     return out

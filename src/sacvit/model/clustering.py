@@ -34,6 +34,7 @@ __all__ = [
     "box_to_window",
     "token_to_pixel",
     "pixel_to_token",
+    "target_count",
     "make_clusters",
 ]
 
@@ -192,6 +193,11 @@ def pixel_to_token(x: Tensor, y: Tensor, grid_w: int, patch: int) -> Tensor:
     return (y // patch) * grid_w + x // patch
 
 
+def target_count(alpha: float, m: int) -> int:
+    """``⌈α·m²⌉``: how many of an ``m×m`` window's EE tokens are target (guarded against fp error)."""
+    return math.ceil(alpha * m * m - 1e-9)
+
+
 def make_clusters(
     gca: Tensor,
     row: Tensor,
@@ -200,6 +206,7 @@ def make_clusters(
     scale: int,
     token_px: int,
     alpha: float = 1.0,
+    k: int | None = None,
 ) -> Clusters:
     """Split the EE tokens of a dense bucket into the target and non-target clusters.
 
@@ -210,14 +217,15 @@ def make_clusters(
         scale: EE downsampling factor ``s``.
         token_px: pixels covered by one EE token (``s·p``).
         alpha: fraction of the window's tokens (top by GCA) that are target.
+        k: the number of target EE tokens itself (default :func:`target_count` of ``alpha``).
 
     Returns:
-        The :class:`Clusters` of the bucket: ``T = s²·⌈α·m²⌉`` target, ``M = h·w − ⌈α·m²⌉``
-        non-target tokens for every image.
+        The :class:`Clusters` of the bucket: ``T = s²·k`` target, ``M = h·w − k`` non-target
+        tokens for every image.
     """
     _, h, w = gca.shape
     mask = window_mask(row, col, m, (h, w))
-    k = math.ceil(alpha * m * m - 1e-9)
+    k = target_count(alpha, m) if k is None else k
     if k < m * m:
         mask = top_k_in_mask(gca.flatten(1), mask, k)
     fine = upsample_mask(mask, (h, w), scale)

@@ -1,19 +1,19 @@
 """SAC-ViT: one shared-weight timm ViT run as an early-exit stage and a clustered stage.
 
 :class:`SACViT` *is* a timm :class:`~timm.models.vision_transformer.VisionTransformer` (same
-parameter names, so DeiT checkpoints load unchanged) plus a small feature-reuse MLP. Its inherited
-``forward_features`` / ``forward_head`` / ``forward_intermediates`` are the plain backbone at full
-resolution (what ``features_only`` serves); the method adds:
+parameter names, so DeiT checkpoints load unchanged) plus a small feature-reuse MLP. The method:
 
 * :meth:`SACViT.forward_ee` — the image downsampled by ``ee_scale``, position embeddings resampled
   to the EE grid, the shared blocks and head; also the global class attention (GCA) of each token;
-* :meth:`SACViT.cluster` — the non-iterative split of the EE tokens into target / non-target;
+* :attr:`SACViT.policy` — the :class:`~.policy.ClusterPolicy` (window choice, window side,
+  target-token rule) that splits the EE tokens into target / non-target, on every path;
 * :meth:`SACViT.forward_sac` — the target region re-embedded from the full-resolution image,
   non-target tokens reused from EE, attention within each cluster;
 * :meth:`SACViT.forward` — in training, ``(logits_ee, logits_sac)`` for every image; in eval,
   the adaptive logits at the configured threshold (so timm's validation tools work unchanged),
   differentiable when gradients are enabled;
-* :meth:`SACViT.predict` — batched adaptive inference: confident images leave after EE.
+* :meth:`SACViT.predict` — batched adaptive inference: confident images leave after EE
+  (:func:`~.exit_loop.exit_loop`, the host loop shared with the staged / compiled / ONNX paths).
 
 Inference path (what keeps FLOPs savings real wall-clock savings): one host sync per call, at
 the exit decision, where the batch is compacted to the images that continue (the adaptive
@@ -22,21 +22,18 @@ selected patches straight from the uncompacted input; the SAC sequence is laid o
 ``[target, CLS, non-target]`` so that every cluster's keys are a contiguous slice for dense SDPA
 (see :mod:`.attention`); the EE patch embeddings, final tokens and GCA are reused, never
 recomputed; the resampled EE position embedding is cached outside training; the final norm and
-head run on the CLS token only.
-
-The module is a little over 450 lines because the two stages share state that belongs to one
-class (the EE outputs, the cached EE position embedding, timm's setters that must keep the EE grid
-consistent); every pure part lives beside it: :mod:`.clustering` (the geometry), :mod:`.patches`
-(the gathers), :mod:`.attention` (the block passes), :mod:`.inputs`, :mod:`.outputs`, :mod:`.reuse`.
+head run on the CLS token only. The pure parts live beside the class: :mod:`.policy`,
+:mod:`.clustering` (the geometry), :mod:`.patches` (the gathers), :mod:`.attention` (the block
+passes), :mod:`.exit_loop`, :mod:`.inputs`, :mod:`.outputs`, :mod:`.reuse`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -44,12 +41,15 @@ from torch.utils.checkpoint import checkpoint
 from .. import flops
 from ..config import SACConfig
 from ..timm_ops import check_blocks
+from . import accounting
 from .attention import cluster_block, ee_block
-from .clustering import (Clusters, adaptive_window_size, best_window, center_window, make_clusters,
-                         random_window)
+from .clustering import Clusters
+from .exit_loop import exit_loop
 from .inputs import check_batch, nonfinite
 from .outputs import EEOutput, Prediction
 from .patches import gather_patches, gather_tokens
+from .policy import ClusterPolicy
+from .pos_embed import ResampledPosEmbed
 from .reuse import FeatureReuse
 
 __all__ = ["SACViT", "EEOutput", "Prediction"]
@@ -65,10 +65,21 @@ class SACViT(VisionTransformer):
             The backbone must use a class token with ``global_pool='token'``, timm's standard
             blocks, no register tokens and no patch dropout, as DeiT does.
 
+    The timm contract: ``model(x)`` is ``(logits_ee, logits_sac)`` in training (every image through
+    both stages, for :func:`~sacvit.engine.loss.sac_loss`) and ``(B, C)`` adaptive logits in eval.
+    ``forward_features(x)`` is the SAC stage of every image (no early exit, window mode), its final
+    tokens normed and laid out CLS first, ``(B, 1 + T + M, D)``; timm's ``forward_head`` pools the
+    CLS token, so ``forward_head(forward_features(x))`` equals ``model(x)`` at η > 1 in eval (the
+    SAC-only path). ``forward_intermediates`` (what ``features_only=True`` serves) keeps timm's
+    meaning: the dense feature maps of the plain backbone at full resolution.
+
     Attributes:
         finite_check_in_training: also reject NaN/inf inputs in training ``forward`` (off by
             default: the check needs a host sync; ``predict`` always checks, at its one sync).
+        PROFILE_PARTS: the parts of ``predict`` that :meth:`profiling` laps, in order.
     """
+
+    PROFILE_PARTS = ("ee", "cluster", "reuse", "tokens", "sac_blocks", "head")
 
     def __init__(self, sac: SACConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -79,7 +90,7 @@ class SACViT(VisionTransformer):
             raise ValueError("SACViT does not support no_embed_class, dynamic_img_size or patch_drop")
         check_blocks(self.blocks)
         self.patch_size: int = self.patch_embed.patch_size[0]
-        self.ee_grid: tuple[int, int] = self._ee_geometry(tuple(self.patch_embed.img_size), self.patch_size)
+        self.ee_grid = ClusterPolicy.for_image(self.sac_cfg, self.patch_embed.img_size, self.patch_size).grid
         cfg = self.sac_cfg
         depth = len(self.blocks)
         self.gca_start: int = depth // 4 if cfg.gca_start is None else cfg.gca_start
@@ -88,25 +99,15 @@ class SACViT(VisionTransformer):
                              f"the global class attention needs at least one block")
         self.reuse = FeatureReuse(self.embed_dim, cfg.reuse_mlp_ratio) if cfg.reuse else None
         self.finite_check_in_training = False
-        self._ee_pos_cache: tuple[Tensor, Any, Tensor] | None = None
+        self._ee_pos = ResampledPosEmbed()
+        self._profile_hook: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ geometry (timm setters)
-    def _ee_geometry(self, img_size: tuple[int, int], patch: int) -> tuple[int, int]:
-        """The EE grid of ``img_size`` at ``patch``; ``ValueError`` unless it is whole and fits the window."""
-        h, w = img_size
-        if h % patch or w % patch:
-            raise ValueError(f"image size {h}×{w} is not divisible by the patch size {patch}")
-        gh, gw, s = h // patch, w // patch, self.sac_cfg.ee_scale
-        if gh % s or gw % s:
-            raise ValueError(f"the {gh}×{gw} token grid is not divisible by ee_scale={s}: "
-                             f"the EE grid must be whole")
-        ee = (gh // s, gw // s)
-        cfg = self.sac_cfg
-        if cfg.cluster_mode == "window" and cfg.window > min(ee):
-            raise ValueError(f"window={cfg.window} does not fit the {ee[0]}×{ee[1]} EE grid")
-        if cfg.cluster_mode == "adaptive" and min(cfg.adaptive_sizes) > min(ee):
-            raise ValueError(f"no adaptive window size of {cfg.adaptive_sizes} fits the {ee[0]}×{ee[1]} EE grid")
-        return ee
+    @property
+    def policy(self) -> ClusterPolicy:
+        """The :class:`~.policy.ClusterPolicy` of ``sac_cfg`` on the EE grid (read at each use, so a
+        replaced or edited ``sac_cfg`` takes effect)."""
+        return ClusterPolicy.from_config(self.sac_cfg, self.ee_grid, self.patch_size)
 
     def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
         """timm's ``set_input_size``, keeping the EE grid and every derived value consistent.
@@ -119,7 +120,7 @@ class SACViT(VisionTransformer):
         patch = pair(patch_size) if patch_size is not None else tuple(self.patch_embed.patch_size)
         if patch[0] != patch[1]:
             raise ValueError(f"SACViT needs square patches, got {patch}")
-        ee_grid = self._ee_geometry(size, patch[0])  # validates before anything changes
+        ee_grid = ClusterPolicy.for_image(self.sac_cfg, size, patch[0]).grid  # validates before any change
         super().set_input_size(img_size=img_size, patch_size=patch_size)
         self.ee_grid, self.patch_size = ee_grid, patch[0]
         self.clear_cache()
@@ -146,11 +147,25 @@ class SACViT(VisionTransformer):
         so ``load_state_dict``, optimizer steps and ``.to()`` invalidate it by themselves; call
         this only after editing ``pos_embed.data`` in place behind autograd's back.
         """
-        self._ee_pos_cache = None
+        self._ee_pos.clear()
 
     def train(self, mode: bool = True) -> "SACViT":
         self.clear_cache()
         return super().train(mode)
+
+    @contextlib.contextmanager
+    def profiling(self, lap: Callable[[str], None]) -> Iterator["SACViT"]:
+        """Within the block, ``lap(part)`` is called as each part of ``predict`` ends
+        (:attr:`PROFILE_PARTS`; ``bench.profile`` syncs the device and reads a clock there)."""
+        previous, self._profile_hook = self._profile_hook, lap
+        try:
+            yield self
+        finally:
+            self._profile_hook = previous
+
+    def _lap(self, part: str) -> None:
+        if self._profile_hook is not None:
+            self._profile_hook(part)
 
     # ------------------------------------------------------------------ input checks
     def check_input(self, x: Tensor) -> None:
@@ -175,27 +190,9 @@ class SACViT(VisionTransformer):
         patches = gather_patches(x, index, self.patch_size, rows).to(proj.weight.dtype)
         return self.patch_embed.norm(F.linear(patches, proj.weight.flatten(1), proj.bias))
 
-    def _resample_ee_pos(self, pos: Tensor) -> Tensor:
-        return resample_abs_pos_embed(pos, new_size=list(self.ee_grid),
-                                      old_size=self.patch_embed.grid_size, num_prefix_tokens=1)
-
     def _ee_pos_embed(self) -> Tensor:
-        """Position embedding resampled to the EE grid (cached outside training, autograd and
-        graph capture: ``torch.compile`` / ``torch.export`` trace the resampling itself)."""
-        pos = self.pos_embed
-        if self.training or (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling():
-            return self._resample_ee_pos(pos)
-        try:
-            key = (pos.data_ptr(), pos._version, pos.dtype, pos.device)
-        except RuntimeError:  # an inference tensor has no version counter: do not cache
-            return self._resample_ee_pos(pos)
-        cached = self._ee_pos_cache
-        # holding ``pos`` keeps its storage alive, so a data pointer is never reused for another
-        if cached is None or cached[0] is not pos or cached[1] != key:
-            with torch.no_grad():
-                cached = (pos, key, self._resample_ee_pos(pos))
-            self._ee_pos_cache = cached
-        return cached[2]
+        """Position embedding resampled to the EE grid (cached for inference, see :class:`.ResampledPosEmbed`)."""
+        return self._ee_pos(self.pos_embed, self.ee_grid, self.patch_embed.grid_size, self.training)
 
     def _cls(self, batch: int, dtype: torch.dtype) -> Tensor:
         return (self.cls_token + self.pos_embed[:, :1]).expand(batch, -1, -1).to(dtype)
@@ -244,45 +241,6 @@ class SACViT(VisionTransformer):
         powers = torch.arange(len(rows) - 1, -1, -1, device=a.device, dtype=a.dtype)
         return torch.tensordot((1 - beta) * torch.pow(beta, powers), a, dims=1)
 
-    # ------------------------------------------------------------------ clustering
-    def window_sizes(self, gca: Tensor) -> Tensor:
-        """Window side ``m`` of each image ``(B,)`` under the configured clustering mode."""
-        cfg = self.sac_cfg
-        if cfg.cluster_mode == "adaptive":
-            return adaptive_window_size(gca, cfg.adaptive_sizes, cfg.rho)
-        return torch.full((gca.shape[0],), cfg.window, dtype=torch.long, device=gca.device)
-
-    def window_buckets(self, gca: Tensor) -> list[tuple[int, Tensor]]:
-        """``(m, indices)`` of the images sharing each window side, ascending ``m`` (one host sync)."""
-        sizes = self.window_sizes(gca)
-        order = torch.argsort(sizes, stable=True)
-        counts = torch.bincount(sizes).tolist()
-        buckets, start = [], 0
-        for m, n in enumerate(counts):
-            if n:
-                buckets.append((m, order[start:start + n]))
-                start += n
-        return buckets
-
-    def cluster(self, gca: Tensor, m: int) -> Clusters:
-        """Target / non-target clusters of a bucket of images sharing window side ``m``."""
-        cfg = self.sac_cfg
-        if cfg.window_policy == "gca":
-            row, col = best_window(gca, m)
-        elif cfg.window_policy == "center":
-            row, col = center_window(gca.shape[0], m, self.ee_grid, gca.device)
-        else:
-            row, col = random_window(gca.shape[0], m, self.ee_grid, gca.device)
-        alpha = cfg.alpha if m < min(self.ee_grid) else 1.0
-        return make_clusters(gca, row, col, m, cfg.ee_scale, cfg.ee_scale * self.patch_size, alpha)
-
-    def full_clusters(self, batch: int, device: torch.device) -> Clusters:
-        """The whole image as target (selection warm-up, or a reference full-resolution pass)."""
-        gca = torch.ones(batch, *self.ee_grid, device=device)
-        m = min(self.ee_grid)
-        return make_clusters(gca, *best_window(gca, m), m, self.sac_cfg.ee_scale,
-                             self.sac_cfg.ee_scale * self.patch_size)
-
     # ------------------------------------------------------------------ stage 2
     def forward_sac(self, x: Tensor, ee: EEOutput, clusters: Clusters, rows: Tensor | None = None) -> Tensor:
         """SAC stage for a dense bucket: returns ``(B', C)`` logits.
@@ -293,9 +251,15 @@ class SACViT(VisionTransformer):
             clusters: their clusters.
             rows: ``(B',)`` which images of ``x`` form the bucket (``None``: all, ``B' = B``).
         """
-        z = self.sac_tokens(x, ee, clusters, rows)
+        reused = self.reuse_tokens(ee)
+        self._lap("reuse")
+        z = self.sac_tokens(x, ee, clusters, rows, reused)
+        self._lap("tokens")
         z = self.sac_blocks(z, clusters.num_target)
-        return self.sac_head(z, clusters.num_target)
+        self._lap("sac_blocks")
+        logits = self.sac_head(z, clusters.num_target)
+        self._lap("head")
+        return logits
 
     def reuse_tokens(self, ee: EEOutput) -> Tensor | None:
         """The feature-reuse term ``reuse(z_ee)`` of every EE token ``(B', n, D)`` (``None`` if off)."""
@@ -338,28 +302,31 @@ class SACViT(VisionTransformer):
     def _sac_buckets(self, x: Tensor, ee: EEOutput, full: bool = False,
                      rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """SAC logits, per-image GMACs and boxes of the images ``rows`` of ``x`` (``ee`` holds
-        their EE outputs), bucketed by window side."""
+        their EE outputs), one dense bucket per window side of the :attr:`policy`."""
         B = x.shape[0] if rows is None else rows.shape[0]
-        if full or ee.gca is None:
-            c = self.full_clusters(B, x.device)
-            return self.forward_sac(x, ee, c, rows), self._sac_gmacs(c, B, x.device), c.box
-        if self.sac_cfg.cluster_mode == "window":
-            c = self.cluster(ee.gca, self.sac_cfg.window)
+        plan = [(None, self.policy.full(B, x.device))] if full or ee.gca is None else self.policy.plan(ee.gca)
+        self._lap("cluster")
+        if plan[0][0] is None:  # one bucket of every image
+            c = plan[0][1]
             return self.forward_sac(x, ee, c, rows), self._sac_gmacs(c, B, x.device), c.box
         logits = ee.logits.new_empty(B, ee.logits.shape[1])
         gmacs = x.new_empty(B, dtype=torch.float32)
         boxes = torch.empty(B, 4, dtype=torch.long, device=x.device)
-        for m, idx in self.window_buckets(ee.gca):
-            sub = ee.index(idx)
-            c = self.cluster(sub.gca, m)
-            logits[idx] = self.forward_sac(x, sub, c, idx if rows is None else rows[idx]).to(logits.dtype)
+        for idx, c in plan:
+            logits[idx] = self.forward_sac(x, ee.index(idx), c, idx if rows is None else rows[idx]).to(logits.dtype)
             gmacs[idx] = self._sac_gmacs(c, idx.numel(), x.device)
             boxes[idx] = c.box
         return logits, gmacs, boxes
 
+    def target_selection(self, ee: EEOutput) -> tuple[Tensor, Tensor]:
+        """What the SAC stage selects for each image of ``ee`` (whether it exits or not): the
+        ``(B, h, w)`` mask of target EE tokens and the ``(B, 4)`` pixel box, as ``predict``."""
+        return self.policy.selection(ee.gca)
+
     # ------------------------------------------------------------------ forward / predict
     def forward(self, x: Tensor, full_window: bool = False) -> tuple[Tensor, Tensor] | Tensor:  # type: ignore[override]
-        """Training: ``(logits_ee, logits_sac)`` for every image. Eval: adaptive logits.
+        """Training: the tuple ``(logits_ee, logits_sac)``, both ``(B, C)``, every image through
+        both stages (the input of :func:`~sacvit.engine.loss.sac_loss`). Eval: adaptive logits.
 
         In eval mode the result is :meth:`predict`'s logits at ``sac_cfg.threshold``, but autograd
         is kept when gradients are enabled (Grad-CAM, adversarial evaluation, distillation).
@@ -411,27 +378,43 @@ class SACViT(VisionTransformer):
     def _adaptive(self, x: Tensor, threshold: float) -> Prediction:
         """:meth:`predict`'s computation, differentiable when gradients are enabled."""
         self._check_shape(x)
-        bad = nonfinite(x) if x.is_floating_point() else None  # read at the sync below
-        B = x.shape[0]
+        bad = nonfinite(x) if x.is_floating_point() else None  # read at the exit decision's sync
         ee = self.forward_ee(x, need_gca=threshold > 0)
-        logits = ee.logits.clone()
-        stage = torch.zeros(B, dtype=torch.long, device=x.device)
-        gmacs = torch.full((B,), self.gmacs_ee(), device=x.device)
-        box = torch.full((B, 4), -1, dtype=torch.long, device=x.device)
+        self._lap("ee")
         confidence = ee.logits.detach().float().softmax(dim=-1).amax(dim=-1)
-        go_on = confidence < threshold
-        if bad is not None:  # a bad input adds B + 1 entries, so one nonzero answers both questions
-            go_on = torch.cat([go_on, bad.expand(B + 1)])
-        rest = go_on.nonzero().squeeze(1)  # the one host sync: batch compaction
-        if rest.numel() > B:
-            raise ValueError("input contains NaN or infinite values")
-        if rest.numel():
-            sac_logits, sac_gmacs, sac_box = self._sac_buckets(x, ee.index(rest), rows=rest)
-            logits[rest] = sac_logits.to(logits.dtype)
-            stage.index_fill_(0, rest, 1)
-            gmacs[rest] += sac_gmacs
-            box[rest] = sac_box
-        return Prediction(logits=logits, stage=stage, gmacs=gmacs, box=box, confidence=confidence)
+        return exit_loop(ee.logits, confidence, threshold, self.gmacs_ee(),
+                         lambda rest: self._sac_buckets(x, ee.index(rest), rows=rest), bad)
+
+    def forward_features(self, x: Tensor, attn_mask: Tensor | None = None,  # type: ignore[override]
+                         is_causal: bool = False) -> Tensor:
+        """The SAC stage of every image (no early exit): its final tokens after the norm, CLS
+        first, ``(B, 1 + T + M, D)`` = ``[CLS, target, non-target]``, so that timm's
+        ``forward_head`` (which pools the CLS token) gives the SAC logits.
+
+        Raises:
+            ValueError: ``cluster_mode='adaptive'`` (one token count per window side, no single
+                tensor): use :meth:`predict`, :meth:`forward_ee` / :meth:`forward_sac`, or
+                ``forward_intermediates`` for the plain backbone's features; an ``attn_mask`` or
+                ``is_causal`` (timm's options; the SAC stage's attention is its clusters).
+        """
+        if attn_mask is not None or is_causal:
+            raise ValueError("SACViT.forward_features takes no attn_mask/is_causal: the SAC stage attends within "
+                             "its clusters; use forward_backbone for the plain ViT")
+        self._check_two_stage()
+        self._check_shape(x)
+        policy = self.policy
+        if policy.mode != "window":
+            raise ValueError("forward_features needs one token count for the batch; cluster_mode='adaptive' has "
+                             "one per window side: use predict, forward_ee/forward_sac or forward_intermediates")
+        ee = self.forward_ee(x)
+        c = policy.cluster(ee.gca, policy.window)
+        z, t = self.sac_blocks(self.sac_tokens(x, ee, c), c.num_target), c.num_target
+        return self.norm(torch.cat([z[:, t:t + 1], z[:, :t], z[:, t + 1:]], dim=1))
+
+    def forward_backbone(self, x: Tensor) -> Tensor:
+        """The plain backbone at full resolution, ``(B, C)`` logits: timm's ``VisionTransformer``
+        forward on these weights (the DeiT baseline; no EE, no clustering)."""
+        return VisionTransformer.forward_head(self, VisionTransformer.forward_features(self, x))
 
     @torch.no_grad()
     def predict_stages(self, x: Tensor) -> tuple[Prediction, Prediction]:
@@ -454,23 +437,11 @@ class SACViT(VisionTransformer):
     # ------------------------------------------------------------------ compute accounting
     def gmacs_ee(self) -> float:
         """Closed-form GMACs of the EE stage for one image (GCA rows included)."""
-        h, w = self.ee_grid
-        macs = flops.vit_macs((h, w), self.patch_size, self.embed_dim, len(self.blocks), self.num_classes,
-                              self._mlp_ratio(), self.patch_embed.proj.in_channels)
-        macs += (len(self.blocks) - self.gca_start) * (h * w + 1) * self.embed_dim  # q_cls·Kᵀ of the GCA
-        return macs / flops.GIGA
+        return accounting.gmacs_ee(self)
 
     def gmacs_sac(self, n_target: int, n_non_target: int) -> float:
         """Closed-form GMACs of the SAC stage (reuse MLP included) for one image."""
-        d = self.embed_dim
-        macs = flops.patch_embed_macs(n_target, self.patch_size, d, self.patch_embed.proj.in_channels)
-        block = flops.sac_block_macs if self.sac_cfg.attention == "cluster" else flops.sac_block_macs_full
-        macs += len(self.blocks) * block(n_target, n_non_target, d, self._mlp_ratio())
-        macs += d * self.num_classes
-        if self.reuse is not None:
-            h, w = self.ee_grid
-            macs += h * w * 2 * d * self.reuse.mlp.fc1.out_features
-        return macs / flops.GIGA
+        return accounting.gmacs_sac(self, n_target, n_non_target)
 
     def gmacs_full(self) -> float:
         """Closed-form GMACs of the plain backbone at full resolution (the DeiT baseline)."""
@@ -478,6 +449,3 @@ class SACViT(VisionTransformer):
 
     def _sac_gmacs(self, c: Clusters, batch: int, device: torch.device) -> Tensor:
         return torch.full((batch,), self.gmacs_sac(c.num_target, c.num_non_target), device=device)
-
-    def _mlp_ratio(self) -> float:
-        return self.blocks[0].mlp.fc1.out_features / self.embed_dim

@@ -14,22 +14,24 @@ the two sides of that decision as two static graphs, with the decision on the ho
   It takes the stages as plain functions, so eager stages, compiled stages
   (:class:`CompiledSACViT`) and onnxruntime sessions (:mod:`sacvit.runtime`) share it.
 
-Both stages call the model's own methods (``forward_ee``, ``forward_sac``) and the clustering
-functions, so they compute exactly what ``predict`` computes. The adaptive clustering mode (one
-window side per image, data-dependent bucket sizes) and the random-window ablation have no static
-graph and are refused with a clear message.
+Both stages call the model's own methods (``forward_ee``, ``forward_sac``) and its
+:class:`~sacvit.model.policy.ClusterPolicy` (window choice, target-token rule, token counts), and
+:func:`staged_predict` is :func:`~sacvit.model.exit_loop.exit_loop`, the host loop of
+``predict``, so they compute exactly what ``predict`` computes. The adaptive clustering mode (one
+window side per image, data-dependent bucket sizes) and a random window policy have no static
+graph and are refused with a clear message (:meth:`ClusterPolicy.check_static`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .clustering import best_window, center_window, make_clusters, window_to_box
+from .clustering import window_to_box
+from .exit_loop import exit_loop
 from .inputs import check_batch, nonfinite
 from .outputs import EEOutput, Prediction
 
@@ -38,14 +40,8 @@ __all__ = ["EEStage", "SACStage", "StageGeometry", "CompiledSACViT", "check_stag
 
 
 def check_stageable(model: nn.Module) -> None:
-    """``ValueError`` unless ``model``'s two stages have static graphs (window mode, no random window)."""
-    cfg = model.sac_cfg
-    if cfg.cluster_mode != "window":
-        raise ValueError("cluster_mode='adaptive' picks a window side per image (data-dependent bucket sizes), "
-                         "which has no static graph: compile and export support cluster_mode='window' only")
-    if cfg.window_policy == "random":
-        raise ValueError("window_policy='random' is an ablation that draws windows at random; compile and "
-                         "export support window_policy 'gca' and 'center'")
+    """``ValueError`` unless ``model``'s two stages have static graphs (window mode, a deterministic policy)."""
+    model.policy.check_static()
     if model.num_classes == 0:
         raise ValueError("the model has no classifier (num_classes=0): the exit rule reads the EE class "
                          "probabilities")
@@ -88,15 +84,12 @@ class StageGeometry:
 
 
 def geometry(model: nn.Module) -> StageGeometry:
-    """The :class:`StageGeometry` of a window-mode SAC-ViT (the counts ``SACViT.cluster`` produces)."""
-    cfg = model.sac_cfg
-    m, (h, w), s = cfg.window, model.ee_grid, cfg.ee_scale
-    alpha = cfg.alpha if m < min(h, w) else 1.0
-    k = math.ceil(alpha * m * m - 1e-9)  # as make_clusters
-    t, n = s * s * k, h * w - k
+    """The :class:`StageGeometry` of a window-mode SAC-ViT (the token counts of its policy)."""
+    policy = model.policy
+    t, n = policy.counts()
     return StageGeometry(img_size=tuple(model.patch_embed.img_size), in_chans=model.patch_embed.proj.in_channels,
-                         ee_grid=(h, w), window=m, token_px=s * model.patch_size, num_target=t, num_non_target=n,
-                         gmacs_ee=model.gmacs_ee(), gmacs_sac=model.gmacs_sac(t, n))
+                         ee_grid=policy.grid, window=policy.window, token_px=policy.token_px, num_target=t,
+                         num_non_target=n, gmacs_ee=model.gmacs_ee(), gmacs_sac=model.gmacs_sac(t, n))
 
 
 class EEStage(nn.Module):
@@ -105,23 +98,20 @@ class EEStage(nn.Module):
     ``forward(image)`` returns ``(logits, confidence, gca, window, tokens, embed)``: ``(B, C)``
     logits, ``(B,)`` top-1 softmax probability (what η is compared with), ``(B, h, w)`` GCA,
     ``(B, 2)`` long window corner ``(row, col)``, and ``(B, n, D)`` final EE tokens and input
-    embeddings. The stage holds ``model`` (shared weights, nothing copied).
+    embeddings. The stage holds ``model`` (shared weights, nothing copied) and its policy as it
+    was when the stage was made.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         check_stageable(model)
         self.model = model
+        self.policy = model.policy
         self.train(False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        model = self.model
-        ee = model.forward_ee(x)
-        m = model.sac_cfg.window
-        if model.sac_cfg.window_policy == "center":
-            row, col = center_window(x.shape[0], m, model.ee_grid, x.device)
-        else:
-            row, col = best_window(ee.gca, m)
+        ee = self.model.forward_ee(x)
+        row, col = self.policy.corners(ee.gca, self.policy.window)
         confidence = ee.logits.float().softmax(dim=-1).amax(dim=-1)
         return ee.logits, confidence, ee.gca, torch.stack([row, col], dim=1), ee.tokens, ee.embed
 
@@ -137,17 +127,13 @@ class SACStage(nn.Module):
         super().__init__()
         check_stageable(model)
         self.model = model
+        self.policy = model.policy
         self.train(False)
 
     def forward(self, x: Tensor, tokens: Tensor, embed: Tensor, gca: Tensor, window: Tensor) -> Tensor:
-        model = self.model
-        cfg = model.sac_cfg
-        m = cfg.window
-        alpha = cfg.alpha if m < min(model.ee_grid) else 1.0
-        clusters = make_clusters(gca, window[:, 0], window[:, 1], m, cfg.ee_scale, cfg.ee_scale * model.patch_size,
-                                 alpha)
+        clusters = self.policy.clusters(gca, window[:, 0], window[:, 1], self.policy.window)
         ee = EEOutput(logits=tokens.new_empty(0), tokens=tokens, embed=embed, gca=gca)
-        return model.forward_sac(x, ee, clusters)
+        return self.model.forward_sac(x, ee, clusters)
 
 
 EEFn = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]
@@ -165,27 +151,20 @@ def staged_predict(ee_fn: EEFn, sac_fn: SACFn, x: Tensor, threshold: float, geo:
         geo: the model's :class:`StageGeometry`.
 
     Raises:
-        ValueError: a bad batch (shape, NaN or infinite values).
+        ValueError: a bad batch (shape, NaN or infinite values; the latter found at the exit decision).
     """
     check_batch(x, geo.in_chans, geo.img_size, geo.token_px)
-    if x.is_floating_point() and bool(nonfinite(x)):
-        raise ValueError("input contains NaN or infinite values")
+    bad = nonfinite(x) if x.is_floating_point() else None
     B = x.shape[0]
     logits, confidence, gca, window, tokens, embed = ee_fn(x)
-    logits = logits.clone()
-    stage = torch.zeros(B, dtype=torch.long, device=x.device)
-    gmacs = torch.full((B,), geo.gmacs_ee, device=x.device)
-    box = torch.full((B, 4), -1, dtype=torch.long, device=x.device)
-    rest = (confidence < threshold).nonzero().squeeze(1)  # the one host sync
-    n = rest.numel()
-    if n:
-        pick = (lambda t: t) if n == B else (lambda t: t.index_select(0, rest))
+
+    def run_sac(rest: Tensor) -> tuple[Tensor, float, Tensor]:
+        pick = (lambda t: t) if rest.numel() == B else (lambda t: t.index_select(0, rest))
         win = pick(window)
-        logits[rest] = sac_fn(pick(x), pick(tokens), pick(embed), pick(gca), win).to(logits.dtype)
-        stage.index_fill_(0, rest, 1)
-        gmacs[rest] += geo.gmacs_sac
-        box[rest] = window_to_box(win[:, 0], win[:, 1], geo.window, geo.token_px)
-    return Prediction(logits=logits, stage=stage, gmacs=gmacs, box=box, confidence=confidence)
+        box = window_to_box(win[:, 0], win[:, 1], geo.window, geo.token_px)
+        return sac_fn(pick(x), pick(tokens), pick(embed), pick(gca), win), geo.gmacs_sac, box
+
+    return exit_loop(logits, confidence.to(x.device), threshold, geo.gmacs_ee, run_sac, bad)
 
 
 class CompiledSACViT:
