@@ -80,6 +80,9 @@ class SACConfig:
         window_policy: where the window goes: ``"gca"`` (largest GCA mass, the method),
             ``"center"`` or ``"random"`` (the ablations that test whether the semantics matter).
         alpha: fraction of the window's EE tokens (top by GCA) that form the target cluster.
+        alpha_whole_grid: apply ``alpha`` also when the window is the whole EE grid, i.e. the top
+            ``⌈α·h·w⌉`` tokens anywhere on the grid are target (CF-ViT's selection). By default a
+            whole-grid window means every token is target (no clustering).
         adaptive_sizes: candidate window sides for ``"adaptive"`` mode.
         rho: GCA mass fraction the adaptive window must hold.
         attention: ``"cluster"`` (each cluster attends within itself, CLS sees all) or ``"full"``
@@ -97,6 +100,7 @@ class SACConfig:
     window: int = 5
     window_policy: WindowPolicy = "gca"
     alpha: float = 1.0
+    alpha_whole_grid: bool = False
     adaptive_sizes: tuple[int, ...] = (3, 4, 5, 6, 7)
     rho: float = 0.7
     attention: AttentionMode = "cluster"

@@ -114,7 +114,7 @@ def measure(rows: list[Row], x: Tensor, *, repeats: int, warmup: int, latency_re
                 for row in rows:
                     row.latencies += time_calls(next(gens[id(row)]), 1, 0, device)
         for row in rows:  # exit share and GMACs of the adaptive rows, on the bench batch
-            if row.method.startswith("sacvit"):
+            if row.method in ("sacvit", "cfvit", "lfvit", "dvt"):  # the adaptive rows
                 pred = row.fn(x)
                 row.gmacs = float(pred.gmacs.double().mean())
                 row.exit_share = float((pred.stage == 0).double().mean())

@@ -9,6 +9,9 @@ One run measures, on the same backbone weights and the same images:
   thresholds η, or at forced exit shares (the threshold is then the matching quantile of the EE
   confidences on the bench images — how to benchmark random weights, whose confidences are all
   alike);
+* ``cfvit`` / ``lfvit`` / ``dvt`` — SAC-ViT's predecessors (:mod:`sacvit.model.family`,
+  :mod:`sacvit.model.dvt`) with the same real exit, at the same exit shares or thresholds: from
+  their trained checkpoints (``member_checkpoints``), else built on the SAC-ViT's own weights;
 * ``tome`` / ``evit`` — the training-free token-reduction peers of :mod:`sacvit.peers`.
 
 Runtimes: ``torch`` (eager, or with ``compile`` every model through ``torch.compile`` — SAC-ViT's
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,10 +55,15 @@ from .profile import PartsProfile, profile_ops, profile_parts
 from .rows import COLUMNS, TABLE, Row, finish, measure, score
 from .twins import downsample, ee_pixels, exit_threshold, plain_name, plain_twin
 
-__all__ = ["BenchConfig", "METHODS", "RUNTIMES", "DEFAULT_EXIT_SHARES", "run"]
+__all__ = ["BenchConfig", "METHODS", "DEFAULT_METHODS", "RUNTIMES", "DEFAULT_EXIT_SHARES", "load_member", "run"]
 
 DEFAULT_EXIT_SHARES = (0.9, 0.77, 0.5)
-METHODS = ("deit", "deit-ee", "sacvit", "tome", "evit")
+#: Every method a bench row can be; ``DEFAULT_METHODS`` run without ``--methods``.
+METHODS = ("deit", "deit-ee", "sacvit", "cfvit", "lfvit", "dvt", "tome", "evit")
+DEFAULT_METHODS = ("deit", "deit-ee", "sacvit", "tome", "evit")
+#: The methods whose rows exit per image (their GMACs and exit share are read from ``predict``).
+ADAPTIVE = ("sacvit", "cfvit", "lfvit", "dvt")
+MEMBERS = ("cfvit", "lfvit", "dvt")
 RUNTIMES = ("torch", "ort")
 
 
@@ -75,7 +84,8 @@ class BenchConfig:
     limit: int = 1000
     ignore_class_names: bool = False
     score: bool = True
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    member_checkpoints: dict[str, str] = field(default_factory=dict)
     thresholds: list[float] | None = None
     exit_shares: list[float] | None = None
     tome_r: list[int] = field(default_factory=lambda: [4, 8, 13])
@@ -108,6 +118,9 @@ class BenchConfig:
             raise ValueError("--threads must be ≥ 1")
         if self.amp not in AMP_MODES:
             raise ValueError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
+        bad_members = set(self.member_checkpoints) - set(MEMBERS)
+        if bad_members:
+            raise ValueError(f"--member-checkpoint: unknown method {sorted(bad_members)}; valid: {', '.join(MEMBERS)}")
         if self.baseline_checkpoint and not self.checkpoint:
             raise ValueError("--baseline-checkpoint needs --checkpoint (the trained SAC-ViT to compare)")
         for share in self.exit_shares or ():
@@ -191,16 +204,7 @@ def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, b
     sac_predict = CompiledSACViT(model).predict if cfg.compile else model.predict
     kind = "compiled" if cfg.compile else "eager"
     f_full, f_ee = compile_(plain_full), compile_(plain_ee)
-    settings: list[tuple[float, str]] = []
-    if "sacvit" in methods:
-        if cfg.exit_shares:
-            with torch.inference_mode(), amp_context(x.device, amp):
-                conf = model.forward_ee(x, need_gca=False).logits.float().softmax(-1).amax(-1)
-            for share in cfg.exit_shares:
-                thr = exit_threshold(conf, share)
-                settings.append((thr, f"exit {share:g} (η={thr:.4g})"))
-        for thr in cfg.thresholds or ():
-            settings.append((thr, f"η={thr:g}"))
+    settings = _exit_settings(cfg, model, x, amp) if "sacvit" in methods else []
     if "torch" not in cfg.runtimes:
         return _ort_rows(cfg, model, plain_full, name, base_name, settings)
     rows.append(Row("deit", f"full {full_px[0]}px", base_name, f_full, gmacs=flops.vit_gmacs(plain_full), runtime=kind))
@@ -209,6 +213,11 @@ def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, b
                         lambda t: f_ee(downsample(t, ee_px)), gmacs=flops.vit_gmacs(plain_ee), runtime=kind))
     for thr, label in settings:
         rows.append(Row("sacvit", label, name, lambda t, thr=thr: sac_predict(t, thr), threshold=thr, runtime=kind))
+    for method in (m for m in MEMBERS if m in methods):
+        member, member_name = load_member(cfg, method, model, name, x.device)
+        for thr, label in _exit_settings(cfg, member, x, amp):
+            rows.append(Row(method, label, member_name, lambda t, f=member.predict, thr=thr: f(t, thr), threshold=thr,
+                            runtime=kind))
     if "tome" in methods:
         for r in cfg.tome_r:
             peer = build_peer("tome", plain_full, r=r)
@@ -220,6 +229,51 @@ def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, b
     if "ort" in cfg.runtimes:
         rows += _ort_rows(cfg, model, plain_full, name, base_name, settings)
     return rows
+
+
+def _exit_settings(cfg: BenchConfig, model: nn.Module, x: Tensor, amp: torch.dtype | None) -> list[tuple[float, str]]:
+    """``(η, label)`` of an adaptive model's rows: each forced exit share's η (the quantile of the
+    model's own first-stage confidences on the bench batch), then the given thresholds."""
+    settings: list[tuple[float, str]] = []
+    if cfg.exit_shares:
+        with torch.inference_mode(), amp_context(x.device, amp):
+            conf = model.predict_stages(x)[0].confidence.float()
+        for share in cfg.exit_shares:
+            thr = exit_threshold(conf, share)
+            settings.append((thr, f"exit {share:g} (η={thr:.4g})"))
+    return settings + [(thr, f"η={thr:g}") for thr in cfg.thresholds or ()]
+
+
+def load_member(cfg: BenchConfig, method: str, model: nn.Module, name: str,
+                device: torch.device) -> tuple[nn.Module, str]:
+    """A predecessor (``cfvit``, ``lfvit``, ``dvt``) and its name: its trained checkpoint when given,
+    else the variant of ``name``'s geometry carrying the SAC-ViT's backbone weights (DVT: in every
+    stage), so that without checkpoints every method runs the same weights.
+
+    Raises:
+        ValueError: the checkpoint holds another method, or no variant of this geometry is registered.
+    """
+    path = cfg.member_checkpoints.get(method)
+    if path:
+        member, meta = load_checkpoint(path, map_location=device)
+        if not meta.model_name.startswith(f"{method}_"):
+            raise ValueError(f"--member-checkpoint {method}={path} holds {meta.model_name}, not a {method} model")
+        return member.eval(), meta.model_name
+    member_name = re.sub(r"^[a-z]+_", f"{method}_", name, count=1)
+    if not timm.is_model(member_name):
+        raise ValueError(f"--methods {method}: no {member_name} is registered (see timm.list_models('{method}*')); "
+                         f"bench a variant that has one, or give --member-checkpoint {method}=PATH")
+    if cfg.checkpoint:
+        twin_kwargs = {k: v for k, v in read_metadata(cfg.checkpoint).model_kwargs.items() if k not in ("sac", "checkpoint")}
+    else:
+        twin_kwargs = _overrides(cfg)
+    member = timm.create_model(member_name, **twin_kwargs)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("reuse.")}
+    if method == "dvt":
+        member.load_backbone_state(backbone)
+    else:
+        member.load_state_dict(model.state_dict())
+    return member.to(device).eval(), member_name
 
 
 def _ort_rows(cfg: BenchConfig, model: nn.Module, plain: nn.Module, name: str, base_name: str,

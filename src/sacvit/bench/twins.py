@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import timm
@@ -35,7 +36,7 @@ def downsample(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def plain_name(sac_name: str) -> str:
     """The registered timm name of the plain ViT of a SAC-ViT variant, or ``"vit"`` if none."""
-    rest = sac_name.removeprefix("sacvit_")
+    rest = re.sub(r"^(sacvit|cfvit|lfvit|dvt)_", "", sac_name)
     for candidate in (rest, f"deit_{rest}"):
         if timm.is_model(candidate):
             return candidate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..bench.run import METHODS, RUNTIMES, BenchConfig, run
+from ..bench.run import DEFAULT_METHODS, MEMBERS, METHODS, RUNTIMES, BenchConfig, run
 from ..data import DATASET_NAMES, SPLITS
 from .common import number_list
 
@@ -24,6 +24,9 @@ examples:
       trained models: timing on dataset images, plus top-1 on 2000 validation images.
   sacvit bench --methods deit,sacvit --exit-share 0.77 --runtime torch,ort --threads 2 --interleave
       eager PyTorch and onnxruntime (DeiT as one graph, SAC-ViT as its two) on the same images.
+  sacvit bench --model sacvit_demo_patch8_112 --methods deit,sacvit,cfvit,lfvit,dvt,tome,evit --interleave
+      the adaptive-ViT family side by side in one interleaved run (demo geometry, the same weights
+      in every method; pass --checkpoint and --member-checkpoint METHOD=PATH for trained ones).
   sacvit bench --device cuda --amp bf16 --compile --batch 256
       GPU run (synchronised timing), bf16 autocast, torch.compile'd models.
   sacvit bench --model sacvit_demo_patch8_112 --depth 2 --embed-dim 32 --batch 4 --repeats 2
@@ -33,6 +36,13 @@ Outputs under --out: bench.csv, bench.json (environment, config, every raw timin
 (throughput vs GMACs; speedup vs FLOPs ratio) and, with --profile, profile.txt.
 realisation = speedup / FLOPs ratio: the share of the FLOPs saving that became wall-clock speed.
 """
+
+
+def _member_checkpoint(text: str) -> tuple[str, str]:
+    method, sep, path = text.partition("=")
+    if not sep or method not in MEMBERS or not path:
+        raise argparse.ArgumentTypeError(f"expected METHOD=PATH with METHOD one of {', '.join(MEMBERS)}, got {text!r}")
+    return method, path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -74,9 +84,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "from the data's (by default that is an error), e.g. --ignore-class-names")
     g = p.add_argument_group("what to run")
     g.add_argument("--methods", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
-                   default=list(METHODS),
-                   help="comma-separated subset of deit,deit-ee,sacvit,tome,evit (default all; the "
-                        "deit baseline always runs), e.g. --methods deit,sacvit")
+                   default=list(DEFAULT_METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)}; "
+                        "the deit baseline always runs; cfvit/lfvit/dvt: SAC-ViT's predecessors with real exit), "
+                        "e.g. --methods deit,sacvit,cfvit,lfvit,dvt,tome,evit")
+    g.add_argument("--member-checkpoint", dest="member_checkpoints", action="append", default=[],
+                   metavar="METHOD=PATH", type=_member_checkpoint,
+                   help="trained checkpoint of a predecessor's rows (repeatable; without it the row runs the "
+                        "SAC-ViT's own weights), e.g. --member-checkpoint cfvit=runs/full/cfvit/last.safetensors")
     g.add_argument("--thresholds", type=number_list(float), help="SAC-ViT exit thresholds η, e.g. --thresholds 0.6,0.76,0.9 "
                                         "(default with --checkpoint: 0.6,0.76,0.9)")
     g.add_argument("--exit-share", dest="exit_shares", type=number_list(float),
@@ -126,5 +141,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _run(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(BenchConfig)}
-    run(BenchConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["member_checkpoints"] = dict(values.get("member_checkpoints") or [])
+    run(BenchConfig(**values))
     return 0

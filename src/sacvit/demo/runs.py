@@ -20,6 +20,7 @@ from typing import Any
 from ..engine.train import CHECKPOINT, TrainConfig, train
 from ..io.checkpoint import read_metadata
 from ..io.train_state import has_checkpoint
+from ..model.registry import method_of
 from .config import DemoConfig
 
 __all__ = ["SAC_MODEL", "PLAIN_MODEL", "fine_tune", "curve"]
@@ -39,7 +40,7 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     kwargs = dict(cfg.model_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
-    is_sac = model.startswith("sacvit_")
+    is_sac = method_of(model) is not None
     run = TrainConfig(
         model=model, model_kwargs=kwargs, data="cluttered-fmnist", data_dir=cfg.data_dir,
         train_length=budget.train_length, epochs=budget.epochs, init=str(standin), seed=cfg.seed,

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..config import SACConfig
 from ..data.classes import check_class_names
 from ..data.preprocess import preprocess_for
 from ..devices import amp_dtype
 from ..io.checkpoint import CheckpointMeta, DataSpec
 from ..io.train_state import Checkpointer, Snapshot
+from ..model.registry import method_of
 from .distributed import Dist, seed_everything
 from .logs import restore_logs
 from .resume import ResumableSampler, check_resumed_sac, restore_optimisation, resume_or_start
@@ -57,11 +57,11 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int,
 
     if not timm.models.is_model(cfg.model):
         raise ValueError(f"unknown model {cfg.model!r}; see timm.list_models('*vit*') or the sacvit_* variants")
-    is_sac = cfg.model.startswith("sacvit_")
+    is_sac = method_of(cfg.model) is not None
     kwargs = {**cfg.model_kwargs, "img_size": img_size, "num_classes": num_classes, "drop_path_rate": cfg.drop_path}
     if cfg.sac and not is_sac:
-        raise ValueError(f"--sac applies to sacvit_* models, not {cfg.model!r}")
-    extra = {"sac": SACConfig.from_dict(dict(cfg.sac))} if is_sac else {}
+        raise ValueError(f"--sac applies to the sacvit_*, cfvit_* and lfvit_* models, not {cfg.model!r}")
+    extra = {"sac": dict(cfg.sac)} if is_sac else {}  # merged over the method's defaults by the model
     try:
         model = timm.create_model(cfg.model, **kwargs, **extra)
     except TypeError as err:

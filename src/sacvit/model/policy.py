@@ -18,9 +18,9 @@ parameters) and is used by :class:`~sacvit.model.sacvit.SACViT` (``model.policy`
 :meth:`SACViT.target_selection <sacvit.model.sacvit.SACViT.target_selection>`, by visualize.
 
 Selection is *a window, then the top k of it by GCA*, so the predecessors are compositions of the
-same parts (not implemented here): LF-ViT is an ``m×m`` window with ``k = m²`` (or α = 0.88) and
+same parts (:mod:`.family`): LF-ViT is an ``m×m`` window with ``k = m²`` (or α = 0.88) and
 ``attention='full'``; CF-ViT is the window of the whole grid with ``k < h·w`` (its informative
-tokens anywhere on the grid: ``top_k_on_whole_grid=True``) and full attention.
+tokens anywhere on the grid: ``alpha_whole_grid=True``) and full attention.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ClusterPolicy:
         window: the fixed window side ``m`` in EE tokens.
         adaptive_sizes, rho: the adaptive mode's candidate sides and GCA mass fraction.
         alpha: fraction of the window's EE tokens (top by GCA) that are target.
-        top_k_on_whole_grid: apply ``alpha`` also when the window is the whole grid (CF-ViT's
+        alpha_whole_grid: apply ``alpha`` also when the window is the whole grid (CF-ViT's
             selection); by default a whole-grid window is "no clustering", every token target.
 
     Raises:
@@ -97,7 +97,7 @@ class ClusterPolicy:
     adaptive_sizes: tuple[int, ...] = field(default=(3, 4, 5, 6, 7))
     rho: float = 0.7
     alpha: float = 1.0
-    top_k_on_whole_grid: bool = False
+    alpha_whole_grid: bool = False
 
     def __post_init__(self) -> None:
         h, w = self.grid
@@ -114,7 +114,7 @@ class ClusterPolicy:
         """The policy of a SAC configuration on an EE grid at a patch size."""
         return cls(grid=tuple(grid), scale=cfg.ee_scale, patch=patch, window_policy=cfg.window_policy,
                    mode=cfg.cluster_mode, window=cfg.window, adaptive_sizes=tuple(cfg.adaptive_sizes),
-                   rho=cfg.rho, alpha=cfg.alpha)
+                   rho=cfg.rho, alpha=cfg.alpha, alpha_whole_grid=cfg.alpha_whole_grid)
 
     @classmethod
     def for_image(cls, cfg: SACConfig, img_size: tuple[int, int], patch: int) -> "ClusterPolicy":
@@ -155,7 +155,7 @@ class ClusterPolicy:
 
     def num_selected(self, m: int) -> int:
         """The target-token rule: how many EE tokens of an ``m×m`` window are target (``⌈α·m²⌉``)."""
-        whole = m >= min(self.grid) and not self.top_k_on_whole_grid
+        whole = m >= min(self.grid) and not self.alpha_whole_grid
         return target_count(1.0 if whole else self.alpha, m)
 
     def counts(self, m: int | None = None) -> tuple[int, int]:

@@ -21,9 +21,18 @@ from torch import nn
 
 from ..config import SACConfig
 from ..meta import FORMAT, CheckpointError, CheckpointMeta, read_header
+from .family import CFViT, LFViT
 from .sacvit import SACViT
 
-__all__ = ["read_state_dict", "load_backbone_weights"]
+__all__ = ["read_state_dict", "load_backbone_weights", "FAMILY_PREFIXES", "method_of"]
+
+#: Name prefixes of the registered two-stage models (SACViT and its predecessors), by method.
+FAMILY_PREFIXES = {"sacvit": "sacvit_", "cfvit": "cfvit_", "lfvit": "lfvit_"}
+
+
+def method_of(name: str) -> str | None:
+    """The method of a registered model name (``"sacvit"``, ``"cfvit"``, ``"lfvit"``), ``None`` for others."""
+    return next((m for m, prefix in FAMILY_PREFIXES.items() if name.startswith(prefix)), None)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -104,6 +113,10 @@ default_cfgs = generate_default_cfgs({
     "sacvit_deit_base_patch16_224.untrained": _cfg(),
     "sacvit_deit_small_patch16_288.untrained": _cfg(input_size=(3, 288, 288), crop_pct=1.0),
     "sacvit_demo_patch8_112.untrained": _cfg(**_DEMO),
+    "cfvit_deit_small_patch16_224.untrained": _cfg(),
+    "cfvit_demo_patch8_112.untrained": _cfg(**_DEMO),
+    "lfvit_deit_small_patch16_224.untrained": _cfg(),
+    "lfvit_demo_patch8_112.untrained": _cfg(**_DEMO),
     "deit_demo_patch8_112.untrained": _cfg(**_DEMO),
 })
 
@@ -156,7 +169,7 @@ def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs
         raise ValueError(f"{variant}: features_only supports feature_cls='getter' "
                          f"(forward_intermediates), as timm's ViT does; got {name!r}")
 
-    if checkpoint and model_cls is SACViT:
+    if checkpoint and issubclass(model_cls, SACViT):
         kwargs = _with_stored_sac(variant, checkpoint, kwargs)
 
     def build(**model_kwargs: Any) -> nn.Module:
@@ -210,3 +223,29 @@ def sacvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> SACViT:
 def deit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """The plain ViT of the demo SAC-ViT's size: the same-size full-resolution baseline."""
     return _create("deit_demo_patch8_112", VisionTransformer, pretrained, **dict(DEMO_ARGS, **kwargs))
+
+
+@register_model
+def cfvit_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> CFViT:
+    """CF-ViT on DeiT-Small: 7×7 coarse tokens at 112 px, the top half refined at 224 px."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("cfvit_deit_small_patch16_224", CFViT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def cfvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> CFViT:
+    """CF-ViT of the CPU demo's size and geometry (14×14 / 7×7 tokens)."""
+    return _create("cfvit_demo_patch8_112", CFViT, pretrained, **dict(DEMO_ARGS, **kwargs))
+
+
+@register_model
+def lfvit_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> LFViT:
+    """LF-ViT on DeiT-Small: localisation at 112 px, a 5×5-token focus region at 224 px."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("lfvit_deit_small_patch16_224", LFViT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def lfvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> LFViT:
+    """LF-ViT of the CPU demo's size and geometry (14×14 / 7×7 tokens)."""
+    return _create("lfvit_demo_patch8_112", LFViT, pretrained, **dict(DEMO_ARGS, **kwargs))

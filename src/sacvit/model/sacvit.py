@@ -30,7 +30,7 @@ passes), :mod:`.exit_loop`, :mod:`.inputs`, :mod:`.outputs`, :mod:`.reuse`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -80,10 +80,14 @@ class SACViT(VisionTransformer):
     """
 
     PROFILE_PARTS = ("ee", "cluster", "reuse", "tokens", "sac_blocks", "head")
+    #: The method's name, and the :class:`SACConfig` fields a ``sac`` dict is merged over (the
+    #: predecessors of :mod:`.family` are SACViT with other defaults).
+    METHOD: ClassVar[str] = "sacvit"
+    DEFAULT_SAC: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, sac: SACConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sac_cfg = sac if isinstance(sac, SACConfig) else SACConfig(**(sac or {}))
+        self.sac_cfg = sac if isinstance(sac, SACConfig) else SACConfig.from_dict({**self.DEFAULT_SAC, **(sac or {})})
         if self.cls_token is None or self.global_pool != "token" or self.num_reg_tokens:
             raise ValueError("SACViT needs a class token, global_pool='token' and no register tokens")
         if self.no_embed_class or self.dynamic_img_size or not isinstance(self.patch_drop, nn.Identity):
