@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sacvit import certify as C
+from sacvit.resampling import resample_check
 
 
 def losses(p_plus, p_minus, n, rng):
@@ -172,7 +173,7 @@ def test_estimate_rule_is_the_cheapest_point_estimate_and_claims_no_guarantee():
 def test_resampling_shows_the_guarantee_hold_where_the_estimate_rule_breaks_it():
     pool = population(20_000, seed=4, steep=True)  # the true drop rises steeply through ε
     draws, delta = 150, 0.1
-    check = C.resample_check(*pool[:6], n_cal=1000, draws=draws, max_drop=1.0, delta=delta,
+    check = resample_check(*pool[:6], n_cal=1000, draws=draws, max_drop=1.0, delta=delta,
                              rules=("certified", "estimate", "agreement"), pool_agree_ee=pool[6])
     limit = delta + 3 * math.sqrt(delta * (1 - delta) / draws)
     cert, est, agree = (check.rules[r] for r in ("certified", "estimate", "agreement"))

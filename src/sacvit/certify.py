@@ -35,14 +35,14 @@ Units: ``max_drop`` and ``bound`` are in points (%), as on the CLI; internally �
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["SAC_ONLY", "Certificate", "RuleCheck", "ResampleCheck", "drop_loss", "binom_cdf",
+__all__ = ["SAC_ONLY", "Certificate", "drop_loss", "binom_cdf",
            "clopper_pearson_upper", "pvalue_betting", "pvalue_exact", "fixed_sequence", "certify",
-           "certify_agreement", "estimate_rule", "resample_check"]
+           "certify_agreement", "estimate_rule"]
 
 SAC_ONLY = 1.25  # exactly representable in float32 and above any probability: nobody exits
 _LOGFACT = np.zeros(1)
@@ -393,67 +393,3 @@ def estimate_rule(confidence, correct_ee, correct_sac, reference_correct, gmacs_
             f"{ref_top1 - top1:.3g} pt below the reference's (at most {max_drop:g} pt), but the {1 - delta:.0%} upper "
             f"bound on the drop is {bound:.3g} pt.")
     return Certificate(t, False, "estimate", test, max_drop, delta, len(c32), g, share, top1, ref_top1, bound, text)
-
-
-@dataclass
-class RuleCheck:
-    """One rule under resampling: the share of draws whose η has a true drop > ε, its Monte-Carlo
-    standard error, the share of draws returning an η, and the mean true GMACs at the returned η as
-    a share of SAC-only GMACs (None when no draw returned one)."""
-
-    violation_rate: float
-    se: float
-    returned_rate: float
-    gmacs_share: float | None
-
-
-@dataclass
-class ResampleCheck:
-    n_cal: int
-    draws: int
-    max_drop: float
-    delta: float
-    test: str
-    rules: dict[str, RuleCheck] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def resample_check(pool_confidence, pool_correct_ee, pool_correct_sac, pool_reference_correct, pool_gmacs_ee,
-                   pool_gmacs_sac, *, n_cal: int, draws: int = 200, max_drop: float = 0.5, delta: float = 0.05,
-                   rules: Sequence[str] = ("certified", "estimate"), test: str = "betting", seed: int = 0,
-                   pool_agree_ee=None, grid: int | Sequence[float] = 200) -> ResampleCheck:
-    """Does the guarantee hold? The pool is the population (its curve is the true curve): draw
-    ``draws`` calibration sets of ``n_cal`` images with replacement, apply each rule
-    (``"certified"``: :func:`certify` with ``test``; ``"estimate"``: :func:`estimate_rule`;
-    ``"agreement"``: :func:`certify_agreement`, needs ``pool_agree_ee``, and its violation is a
-    true share of disagreeing exits > ε) and score the returned η on the whole pool."""
-    c32, ee, sac, ref, g_ee, g_sac = _prepare(pool_confidence, pool_correct_ee, pool_correct_sac,
-                                              pool_reference_correct, pool_gmacs_ee, pool_gmacs_sac)
-    disagree = None if pool_agree_ee is None else ~_prepare(pool_confidence, pool_agree_ee)[1].astype(bool)
-    eps, rng, found = max_drop / 100, np.random.default_rng(seed), {r: [] for r in rules}
-    for _ in range(draws):
-        i = rng.integers(0, len(c32), n_cal)
-        for r in rules:
-            if r == "certified":
-                thr, _, best = _certified_threshold(c32[i], ref[i], ee[i], sac[i], g_ee[i], g_sac[i], eps, delta,
-                                                    test, grid, 0, delta / 10)
-            elif r == "agreement":
-                thr, _, best = _agreement_threshold(c32[i], ~disagree[i], g_ee[i], g_sac[i], eps, delta, grid)
-            elif r == "estimate":
-                t = _estimate_threshold(c32[i], ref[i], ee[i], sac[i], g_ee[i], g_sac[i], eps)
-                thr, best = [t], None if t is None else 0
-            else:
-                raise ValueError(f"unknown rule {r!r}")
-            if best is not None:
-                ex = c32 >= np.float32(thr[best])
-                true = np.mean(ex & disagree) if r == "agreement" else np.mean(np.where(ex, drop_loss(ref, ee),
-                                                                                        drop_loss(ref, sac)))
-                found[r].append((true > eps + 1e-12, np.where(ex, g_ee, g_sac).mean() / g_sac.mean()))
-    out = ResampleCheck(n_cal, draws, max_drop, delta, test)
-    for r, hits in found.items():
-        rate = sum(h[0] for h in hits) / draws
-        out.rules[r] = RuleCheck(float(rate), math.sqrt(rate * (1 - rate) / draws), len(hits) / draws,
-                                 float(np.mean([h[1] for h in hits])) if hits else None)
-    return out

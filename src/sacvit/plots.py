@@ -220,3 +220,33 @@ def bench(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def family(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dict[str, Any]], path: str | Path,
+           title: str | None = None, peers: Sequence[dict[str, Any]] = ()) -> Path:
+    """Figure 1 of the paper: top-1 against GMACs, one curve per method over its η sweep.
+
+    ``curves`` maps a method to its sweep rows (``gmacs``, ``top1``); ``points`` are the operating
+    points to mark (``method``, ``gmacs``, ``top1``, optional ``top1_low``/``top1_high``, ``certified``):
+    a filled marker when certified, hollow when not; ``peers`` (ToMe, EViT, the baseline) are
+    drawn as labelled points.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    colors = {m: f"C{i}" for i, m in enumerate(curves)}
+    for method, rows in curves.items():
+        rs = sorted(rows, key=lambda r: r["gmacs"])
+        ax.plot([r["gmacs"] for r in rs], [r["top1"] for r in rs], "-", color=colors[method], lw=1.4, label=method)
+    for p in points:
+        c = colors.get(p["method"], "k")
+        ax.errorbar([p["gmacs"]], [p["top1"]], yerr=_yerr([p]), fmt="o", markersize=9, capsize=3, color=c,
+                    markerfacecolor=c if p.get("certified") else "white", markeredgewidth=1.6)
+    markers = {"deit": "*", "baseline": "*", "tome": "s", "evit": "^"}
+    for method in dict.fromkeys(r["method"] for r in peers):
+        rs = sorted((r for r in peers if r["method"] == method), key=lambda r: r["gmacs"])
+        ax.plot([r["gmacs"] for r in rs], [r["top1"] for r in rs], markers.get(method, "x"), color="0.35",
+                markersize=11 if markers.get(method) == "*" else 6, linestyle=":" if len(rs) > 1 else "none",
+                label=method)
+    ax.plot([], [], "o", color="0.3", label="η certified (filled) / not (hollow)")
+    return _finish(fig, ax, path, "GMACs per image", "top-1 accuracy (%)",
+                   title or "the adaptive-ViT family: accuracy vs. compute")

@@ -86,6 +86,7 @@ class BenchConfig:
     score: bool = True
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     member_checkpoints: dict[str, str] = field(default_factory=dict)
+    member_thresholds: dict[str, list[float]] = field(default_factory=dict)
     thresholds: list[float] | None = None
     exit_shares: list[float] | None = None
     tome_r: list[int] = field(default_factory=lambda: [4, 8, 13])
@@ -215,7 +216,8 @@ def build_rows(cfg: BenchConfig, model: nn.Module, base: nn.Module, name: str, b
         rows.append(Row("sacvit", label, name, lambda t, thr=thr: sac_predict(t, thr), threshold=thr, runtime=kind))
     for method in (m for m in MEMBERS if m in methods):
         member, member_name = load_member(cfg, method, model, name, x.device)
-        for thr, label in _exit_settings(cfg, member, x, amp):
+        own = cfg.member_thresholds.get(method)
+        for thr, label in ([(t, f"η={t:g}") for t in own] if own else _exit_settings(cfg, member, x, amp)):
             rows.append(Row(method, label, member_name, lambda t, f=member.predict, thr=thr: f(t, thr), threshold=thr,
                             runtime=kind))
     if "tome" in methods:

@@ -14,6 +14,7 @@ examples:
   sacvit demo                                   # what `make demo` runs (preset demo, 5–11 min on 2 cores)
   sacvit demo --preset full --out runs/full     # the README's headline numbers (23 min on 2 cores, resumable)
   sacvit demo --ablations                       # also the Figure-3 set (12.5 min more on 2 cores)
+  sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
   sacvit demo --sac '{"window": 4}' --out runs/demo_m4
 """
 
@@ -39,14 +40,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--thresholds", type=number_list(float, 0.0, 1.0), default=list(d.thresholds),
       help="η sweep reported on the test split (the calibrated η is added)")
     a("--ablations", action="store_true", help="also train and report each design removed in turn (Figure 3)")
+    a("--family", type=_family, default=None,
+      help="predecessors to train and compare under the same protocol (Figure 1): a comma-separated subset of "
+           "cfvit,lfvit,dvt, or none (default: the preset's — none for demo, all three for full), "
+           "e.g. --family cfvit,lfvit")
     a("--no-bench", dest="bench", action="store_false", help="skip the wall-clock benchmark of the trained models")
     a("--seed", type=int, default=d.seed, help="seed of every training and of the data layout")
     p.set_defaults(func=_run)
     return p
 
 
+def _family(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip() and t.strip() != "none")
+    bad = sorted(set(names) - {"cfvit", "lfvit", "dvt"})
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from cfvit, lfvit, dvt (or none)")
+    return names
+
+
 def _run(args: argparse.Namespace) -> int:
     run_demo(DemoConfig(out=args.out, preset=args.preset, data_dir=args.data_dir, standin=args.standin, sac=args.sac,
                         tolerance=args.tolerance, thresholds=tuple(args.thresholds), ablations=args.ablations,
-                        bench=args.bench, seed=args.seed))
+                        bench=args.bench, seed=args.seed, family=args.family))
     return 0

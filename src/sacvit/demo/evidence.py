@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..engine.calibrate import Choice, certified_choice
-from ..engine.evaluate import SAC_ONLY, StageRecords, collect, plain_correct
+from ..engine.evaluate import SAC_ONLY, CascadeRecords, StageRecords, collect, collect_cascade, plain_correct
 from ..io.checkpoint import load_checkpoint, read_metadata
 from ..stats import compare, wilson_interval
 from .standin import sha256
@@ -59,6 +59,23 @@ class Evidence:
             model.sac_cfg = dataclasses.replace(model.sac_cfg, window_policy=policy)
         torch.manual_seed(self.seed)  # the random window policy draws from the global generator
         records = collect(model, self.datasets[split])
+        records.save(path)
+        return records
+
+    def records(self, ckpt: Path, split: str):
+        """The per-image records of an adaptive checkpoint: both stages of a SAC-ViT-family model,
+        every stage of a DVT cascade."""
+        if read_metadata(ckpt).model_name.startswith("dvt_"):
+            return self.cascade(ckpt, split)
+        return self.stages(ckpt, split)
+
+    def cascade(self, ckpt: Path, split: str):
+        """Every stage of a DVT checkpoint on ``split``."""
+        path = self._key(ckpt, split, "cascade")
+        if path.is_file():
+            return CascadeRecords.load(path)
+        model, _ = load_checkpoint(ckpt)
+        records = collect_cascade(model, self.datasets[split])
         records.save(path)
         return records
 

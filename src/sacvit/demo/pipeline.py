@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from . import report
-from .. import certify, flops
+from .. import flops
+from ..resampling import resample_check
 from ..bench import BenchConfig, run
 from ..data import DEFAULT_FMNIST_DIR, build_dataset
 from ..engine.calibrate import calibration_record, store_threshold
@@ -44,6 +45,7 @@ from ..viz import plot_clusters
 from .ablations import run_ablations
 from .config import DemoConfig
 from .evidence import SAC_ONLY, Evidence, calibrate, paired, plain_row, sac_correct
+from .family import run_family
 from .report import bench_row
 from .runs import PLAIN_MODEL, SAC_MODEL, curve, fine_tune
 from .standin import standin_path
@@ -135,8 +137,20 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     }
     peers = _peers(cfg, ev, baseline, base_t)
     summary["peers"] = peers
+    fam = None
+    if cfg.members:
+        fam = run_family(cfg, ev, standin, {"ckpt": ckpt["sacvit"], "holdout": sac_h, "test": sac_t, "choice": choice,
+                                            "eta": eta}, base_h, base_t, flops.vit_gmacs(baseline))
+        for method in cfg.members:
+            member_choice = fam["choices"][method]
+            _store_threshold(Path(fam["checkpoints"][method]), member_choice, member_choice.certified, cfg)
+        summary.update(family=fam["family"], matched_gmacs=fam["matched"])
     if cfg.bench:
-        summary["bench"] = _bench(cfg, ckpt, eta)
+        summary["bench"] = _bench(cfg, ckpt, eta, fam)
+        for entry in summary.get("family", []):
+            if entry["method"] != "baseline":
+                speed = bench_row(summary, entry["method"], entry["reported_threshold"])
+                entry["throughput_ratio"] = None if speed is None else speed["speedup"]
     curves = {"stand-in (from scratch)": _standin_curve(standin),
               "baseline fine-tune": _shift(curve(out / "baseline", "val_top1"), standin),
               "SAC-ViT fine-tune (SAC stage)": _shift(curve(out / "sacvit", "val_top1_sac"), standin),
@@ -155,6 +169,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.bench:
         plots.accuracy_vs_throughput(_speed_points(summary), out / "accuracy_vs_throughput.png", title)
     _clusters(cfg, ckpt["sacvit"], ev.datasets["test"], sac_t, eta, out / "clusters.png")
+    if fam is not None:
+        points = [{"method": e["method"], "gmacs": e["gmacs"], "top1": e["test_top1"], "top1_low": e["test_top1_ci"][0],
+                   "top1_high": e["test_top1_ci"][1], "certified": e["certified"]}
+                  for e in summary["family"] if e["method"] != "baseline"]
+        others = [{"method": "baseline", "gmacs": flops.vit_gmacs(baseline), "top1": summary["test"]["baseline"]["top1"]}]
+        others += [{"method": r["method"], "gmacs": r["gmacs"], "top1": r["top1"]} for r in peers]
+        plots.family(fam["curves"], points, out / "family.png", title + " — η certified on the held-out split",
+                     peers=others)
     if cfg.ablations:
         plots.ablations(summary["ablations"], out / "ablations.png", "each design removed in turn (test split)")
     summary["seconds"] = time.time() - t0
@@ -182,12 +204,12 @@ def _headline(s: dict[str, Any], choice, eta: float, base_t) -> dict[str, Any]:
 def _resampling(cfg: DemoConfig, base_h, sac_h, base_t, sac_t, draws: int = 200) -> dict[str, Any]:
     """Does the certificate hold on these records? The held-out and test records pooled are the
     population; calibration sets are drawn from it with replacement and each rule's η is judged
-    by its true drop on the pool (:func:`sacvit.certify.resample_check`)."""
+    by its true drop on the pool (:func:`sacvit.resampling.resample_check`)."""
     pool = {k: np.concatenate([getattr(sac_h, k), getattr(sac_t, k)])
             for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")}
     ref = np.concatenate([base_h, base_t])
     n_cal = len(sac_h)
-    check = certify.resample_check(pool["confidence"], pool["correct_ee"], pool["correct_sac"], ref,
+    check = resample_check(pool["confidence"], pool["correct_ee"], pool["correct_sac"], ref,
                                    pool["gmacs_ee"], pool["gmacs_sac"], n_cal=n_cal, draws=draws,
                                    max_drop=cfg.tolerance, delta=cfg.delta, seed=cfg.seed)
     return {"pool": int(len(ref)), "n_cal": n_cal, **check.to_dict()}
@@ -243,10 +265,16 @@ def _short_hash(model) -> str:
     return h.hexdigest()[:12]
 
 
-def _bench(cfg: DemoConfig, ckpt: dict[str, Path], eta: float) -> list[dict[str, Any]]:
-    """Batch-64 throughput and batch-1 latency of the trained models (``sacvit bench``)."""
+def _bench(cfg: DemoConfig, ckpt: dict[str, Path], eta: float, fam: dict[str, Any] | None = None
+           ) -> list[dict[str, Any]]:
+    """Batch-64 throughput and batch-1 latency of the trained models (``sacvit bench``), the
+    predecessors (when trained) at their own certified η, in the same interleaved run."""
     budget = cfg.budget()
+    members = {} if fam is None else {m: fam["checkpoints"][m] for m in cfg.members}
+    methods = ["deit", "deit-ee", "sacvit", *members, "tome", "evit"]
     result = run(BenchConfig(checkpoint=str(ckpt["sacvit"]), baseline_checkpoint=str(ckpt["baseline"]),
+                             methods=methods, member_checkpoints=members,
+                             member_thresholds={m: [fam["thresholds"][m]] for m in members},
                              data="cluttered-fmnist", data_dir=cfg.data_dir, split="test", limit=64,
                              thresholds=[eta, SAC_ONLY], tome_r=list(cfg.tome_r), evit_keep=list(cfg.evit_keep),
                              repeats=budget.bench_repeats, latency_repeats=20 if budget.bench_repeats > 1 else 2,
@@ -262,6 +290,10 @@ def _speed_points(s: dict[str, Any]) -> list[dict[str, Any]]:
               ({**s["at_eta"], "method": "sacvit", "setting": f"η={eta:.3g}"}, bench_row(s, "sacvit", eta)),
               ({**s["test"]["sac_only"], "method": "sacvit", "setting": "SAC only"}, bench_row(s, "sacvit", SAC_ONLY))]
     points += [(r, bench_row(s, r["method"], setting=r["setting"])) for r in s["peers"]]
+    points += [({"method": e["method"], "setting": f"η={e['reported_threshold']:.3g}", "top1": e["test_top1"],
+                 "top1_low": e["test_top1_ci"][0], "top1_high": e["test_top1_ci"][1]},
+                bench_row(s, e["method"], e["reported_threshold"]))
+               for e in s.get("family", []) if e["method"] not in ("baseline", "sacvit")]
     return [{**r, "img_s": b["img_s"]} for r, b in points if b is not None]
 
 

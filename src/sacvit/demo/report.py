@@ -118,6 +118,8 @@ def markdown(s: dict[str, Any]) -> str:
                           _short(r["paired_vs_baseline"])])
         parts.append(_table(["method", "setting", "top-1 % [95% CI]", "GMACs/img", "img/s", "speedup", "vs baseline (pt, 95% CI)"],
                             lines))
+    if s.get("family"):
+        parts.append(_family_section(s))
     if s.get("ablations"):
         parts.append("\n## Ablations (Figure 3): each design removed in turn, own η calibrated on held-out data\n")
         parts.append(_table(["variant", "η", "top-1 % [95% CI]", "GMACs/img", "exit @ EE", "SAC only", "EE only",
@@ -161,6 +163,29 @@ def markdown(s: dict[str, Any]) -> str:
     parts.append(_table(["run", "points (training images seen → top-1 %)"],
                         [[k, ", ".join(f"{x / 1000:.0f}k → {y:.2f}" for x, y in v)] for k, v in s["curves"].items()]))
     return "\n".join(parts)
+
+
+def _family_section(s: dict[str, Any]) -> str:
+    """Figure 1 as tables: every member at its certified η, then at matched GMACs."""
+    lines = []
+    for e in s["family"]:
+        thr = "–" if e["method"] == "baseline" else (
+            f"{e['reported_threshold']:.3g}" + ("" if e["certified"] else " (not certified: SAC only)"))
+        ratio = "–" if e["throughput_ratio"] is None else f"{e['throughput_ratio']:.2f}×"
+        lo, hi = e["test_top1_ci"]
+        vs_sac = _short(e["sacvit_vs_this"]) if "sacvit_vs_this" in e else "–"
+        lines.append([e["method"], thr, f"{e['test_top1']:.2f} [{lo:.2f}, {hi:.2f}]", f"{100 * e['gmacs_share']:.0f}%",
+                      ratio, _short(e["vs_baseline"]) if "vs_baseline" in e else "–", vs_sac])
+    out = ["\n## The adaptive-ViT family (Figure 1): same stand-in, recipe, budget, ε and δ\n",
+           _table(["method", "η (held-out certified)", "top-1 % [95% CI]", "GMACs vs baseline", "throughput (batch 64)",
+                   "− baseline (pt, 95% CI)", "SAC-ViT − this (pt, 95% CI)"], lines),
+           "\n### At matched GMACs (η chosen on the held-out split for each target)\n"]
+    rows = [[f"{100 * m['target_share']:.0f}%", m["method"], f"{m['threshold']:.3g}", f"{100 * m['gmacs_share']:.1f}%",
+             f"{m['test_top1']:.2f} [{m['test_top1_ci'][0]:.2f}, {m['test_top1_ci'][1]:.2f}]",
+             _short(m["sacvit_vs_this"]) if "sacvit_vs_this" in m else "–"] for m in s.get("matched_gmacs", [])]
+    out.append(_table(["target", "method", "η", "test GMACs share", "top-1 % [95% CI]", "SAC-ViT − this (pt, 95% CI)"],
+                      rows))
+    return "\n".join(out) + "\n"
 
 
 def verdict(s: dict[str, Any]) -> str:

@@ -32,7 +32,9 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
               recipe_changes: dict[str, Any] | None = None, img_size: int | None = None) -> Path:
     """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint.
 
-    ``sac`` changes the SAC configuration, ``recipe_changes`` the recipe (an ablation's change)."""
+    ``sac`` changes the SAC configuration, ``recipe_changes`` the recipe (an ablation's change). The
+    demo's SAC-ViT settings (``cfg.sac``) apply to SAC-ViT only; a predecessor starts from its own
+    defaults (:mod:`sacvit.model.family`) plus ``sac``."""
     budget = cfg.budget()
     out = Path(cfg.out) / name
     ckpt = out / CHECKPOINT
@@ -40,12 +42,13 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     kwargs = dict(cfg.model_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
-    is_sac = method_of(model) is not None
+    method = method_of(model)
+    own = dict(cfg.sac) if method == "sacvit" else {}
     run = TrainConfig(
         model=model, model_kwargs=kwargs, data="cluttered-fmnist", data_dir=cfg.data_dir,
         train_length=budget.train_length, epochs=budget.epochs, init=str(standin), seed=cfg.seed,
         out_dir=str(out), eval_every=1, threads=cfg.threads, cache_dir=str(Path(cfg.out) / "cache"),
-        sac={**cfg.sac, **(sac or {})} if is_sac else {}, **{**recipe, **(recipe_changes or {})})
+        sac={**own, **(sac or {})} if method is not None else {}, **{**recipe, **(recipe_changes or {})})
     resume = ckpt.is_file() or has_checkpoint(out)  # also a run killed within its first epoch
     if resume:
         _check_same_run(out, run)

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from .. import certify
+from ..cascade import certify_cascade
 from ..data import build_dataset
 from ..data.classes import IGNORE_HINT, check_class_names, describe_data
 from ..io.checkpoint import load_checkpoint, read_metadata, update_metadata
 from ..model import SACViT
-from .evaluate import SAC_ONLY, StageRecords, collect, plain_correct
+from .evaluate import SAC_ONLY, CascadeRecords, StageRecords, collect, plain_correct
 
 __all__ = ["Calibration", "Curve", "Choice", "RULES", "TESTS", "calibrate", "certified_choice", "curve", "curve_rows",
            "choose_threshold", "exit_thresholds",
@@ -236,7 +237,13 @@ def certified_choice(records: StageRecords, reference_correct: np.ndarray | None
     if max_drop < 0 or not 0 < delta < 1:
         raise ValueError(f"--max-drop must be ≥ 0 and --delta in (0, 1), got {max_drop} and {delta}")
     r = records
-    if test == "agreement":
+    if isinstance(r, CascadeRecords):
+        if rule != "certified" or test not in TESTS:
+            raise ValueError(f"a cascade is calibrated with rule='certified' and test one of {TESTS}")
+        ref = r.correct[:, -1] if reference_correct is None else np.asarray(reference_correct, dtype=bool)
+        cert = certify_cascade(r.confidence, r.correct, ref, r.gmacs, max_drop=max_drop, delta=delta, test=test)
+        what = "the last stage" if reference_correct is None else "the reference checkpoint"
+    elif test == "agreement":
         if r.agree is None:
             raise ValueError("these records hold no EE/SAC agreement (recompute them): the label-free mode needs it")
         cert = certify.certify_agreement(r.confidence, r.agree, r.gmacs_ee, r.gmacs_sac, max_drop=max_drop, delta=delta)

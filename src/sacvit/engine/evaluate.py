@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .. import flops
+from .. import cascade, flops
 from ..data.classes import IGNORE_HINT, check_class_names
 from ..devices import resolve_device
 from ..io.checkpoint import load_checkpoint, read_metadata
@@ -29,7 +29,7 @@ from ..model import SACViT
 from ..stats import wilson_interval
 from .timing import throughput
 
-__all__ = ["StageRecords", "collect", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
+__all__ = ["StageRecords", "CascadeRecords", "collect", "collect_cascade", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
            "DEFAULT_THRESHOLDS", "baseline_row"]
 
 SAC_ONLY = 1.01  # above any softmax probability: every image goes through SAC
@@ -91,6 +91,56 @@ class StageRecords:
                        agree=f["agree"] if "agree" in f.files else None)
 
 
+@dataclass
+class CascadeRecords:
+    """Per-image results of every stage of a cascade (DVT) on one dataset.
+
+    Attributes:
+        confidence, correct, gmacs: ``(N, S)`` per image and stage: the stage's top-1 probability,
+            whether its prediction is right, and the total GMACs when that stage answers.
+
+    ``at``/``row`` answer as :class:`StageRecords` does ("exited" = answered by the first stage;
+    ``top1_sac`` = top-1 of the images answered later), so sweeps, reports and paired tests take
+    either.
+    """
+
+    confidence: np.ndarray
+    correct: np.ndarray
+    gmacs: np.ndarray
+    agree = None  # no label-free mode for cascades
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+    def stages(self, threshold: float) -> np.ndarray:
+        """``(N,)`` the stage answering each image at ``threshold``."""
+        return cascade.stage_at(self.confidence, threshold)
+
+    def at(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s, rows = self.stages(threshold), np.arange(len(self))
+        return s == 0, self.correct[rows, s], self.gmacs[rows, s]
+
+    def row(self, threshold: float, mode: str = "cascade", label: str | None = None) -> dict[str, Any]:
+        exited, correct, gmacs = self.at(threshold)
+        n, k, n_exit = len(self), int(correct.sum()), int(exited.sum())
+        low, high = wilson_interval(k, n)
+        return {"label": label or f"cascade η={threshold:g}", "mode": mode, "threshold": float(threshold),
+                "top1": 100 * k / n, "top1_low": 100 * low, "top1_high": 100 * high, "exit_share": n_exit / n,
+                "top1_exited": 100 * float(correct[exited].mean()) if n_exit else None,
+                "top1_sac": 100 * float(correct[~exited].mean()) if n_exit < n else None,
+                "gmacs": float(gmacs.mean()), "images": n,
+                "stage_shares": np.bincount(self.stages(threshold), minlength=self.confidence.shape[1]).tolist()}
+
+    def save(self, path: str | Path) -> Path:
+        np.savez(path, confidence=self.confidence, correct=self.correct, gmacs=self.gmacs)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CascadeRecords":
+        with np.load(path) as f:
+            return cls(f["confidence"], f["correct"], f["gmacs"])
+
+
 def _load(model: nn.Module | str | Path, device: torch.device) -> tuple[nn.Module, str]:
     if isinstance(model, nn.Module):
         return model.to(device).eval(), type(model).__name__
@@ -132,6 +182,21 @@ def collect(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: st
         parts["gmacs_sac"].append(sac.gmacs)
         parts["agree"].append(ee.logits.argmax(-1) == sac.logits.argmax(-1))
     return StageRecords(**{k: torch.cat(v).cpu().numpy() for k, v in parts.items()})
+
+
+@torch.no_grad()
+def collect_cascade(model: nn.Module, dataset: Dataset, batch_size: int = 64,
+                    device: str | torch.device | None = None, workers: int = 0) -> CascadeRecords:
+    """Every stage's prediction of a cascade (``model.predict_stages``) for every image of ``dataset``."""
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    parts: dict[str, list[torch.Tensor]] = {"confidence": [], "correct": [], "gmacs": []}
+    for x, y in _batches(dataset, batch_size, workers, device, "evaluating"):
+        preds = model.predict_stages(x)
+        parts["confidence"].append(torch.stack([p.logits.float().softmax(-1).amax(-1) for p in preds], 1))
+        parts["correct"].append(torch.stack([p.logits.argmax(-1) == y for p in preds], 1))
+        parts["gmacs"].append(torch.stack([p.gmacs for p in preds], 1))
+    return CascadeRecords(**{k: torch.cat(v).cpu().numpy() for k, v in parts.items()})
 
 
 @torch.no_grad()

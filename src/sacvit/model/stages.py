@@ -92,15 +92,9 @@ def geometry(model: nn.Module) -> StageGeometry:
                          num_non_target=n, gmacs_ee=model.gmacs_ee(), gmacs_sac=model.gmacs_sac(t, n))
 
 
-class EEStage(nn.Module):
-    """The EE stage of a window-mode SAC-ViT as one graph.
-
-    ``forward(image)`` returns ``(logits, confidence, gca, window, tokens, embed)``: ``(B, C)``
-    logits, ``(B,)`` top-1 softmax probability (what η is compared with), ``(B, h, w)`` GCA,
-    ``(B, 2)`` long window corner ``(row, col)``, and ``(B, n, D)`` final EE tokens and input
-    embeddings. The stage holds ``model`` (shared weights, nothing copied) and its policy as it
-    was when the stage was made.
-    """
+class _Stage(nn.Module):
+    """A stage graph of ``model`` (shared weights, nothing copied) and its policy as it was when the
+    stage was made; in eval mode."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -108,6 +102,16 @@ class EEStage(nn.Module):
         self.model = model
         self.policy = model.policy
         self.train(False)
+
+
+class EEStage(_Stage):
+    """The EE stage of a window-mode SAC-ViT as one graph.
+
+    ``forward(image)`` returns ``(logits, confidence, gca, window, tokens, embed)``: ``(B, C)``
+    logits, ``(B,)`` top-1 softmax probability (what η is compared with), ``(B, h, w)`` GCA,
+    ``(B, 2)`` long window corner ``(row, col)``, and ``(B, n, D)`` final EE tokens and input
+    embeddings.
+    """
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         ee = self.model.forward_ee(x)
@@ -116,19 +120,12 @@ class EEStage(nn.Module):
         return ee.logits, confidence, ee.gca, torch.stack([row, col], dim=1), ee.tokens, ee.embed
 
 
-class SACStage(nn.Module):
+class SACStage(_Stage):
     """The SAC stage of a window-mode SAC-ViT as one graph.
 
     ``forward(image, tokens, embed, gca, window)`` returns the ``(B, C)`` SAC logits of the images
     (the inputs are :class:`EEStage`'s outputs of the same images).
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        check_stageable(model)
-        self.model = model
-        self.policy = model.policy
-        self.train(False)
 
     def forward(self, x: Tensor, tokens: Tensor, embed: Tensor, gca: Tensor, window: Tensor) -> Tensor:
         clusters = self.policy.clusters(gca, window[:, 0], window[:, 1], self.policy.window)
