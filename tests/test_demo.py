@@ -98,3 +98,35 @@ def test_calibration_never_reads_the_test_split(standin, tmp_path):
     dirty = _demo(tmp_path / "dirty", poisoned, path, bench=False)
     assert dirty["calibration"] == clean["calibration"]
     assert dirty["test"]["baseline"]["top1"] != clean["test"]["baseline"]["top1"]  # the poison is real
+
+
+@pytest.mark.slow
+def test_demo_family_under_one_protocol(standin, tmp_path):
+    """Every predecessor from the same stand-in with the same budget, certified on held-out data,
+    reported with intervals and paired differences; the summary's ``family`` has one row each."""
+    root, data, path = standin
+    members = ("cfvit", "lfvit", "dvt")
+    s = _demo(tmp_path / "fam", data, path, family=members)
+    out = tmp_path / "fam"
+    for run in members:
+        cfg = json.loads((out / run / "config.json").read_text())
+        assert cfg["init"] == str(path) and cfg["epochs"] == 1 and cfg["lr"] == Recipe().lr
+    assert json.loads((out / "lfvit" / "config.json").read_text())["sac"] == {"window": 3}  # SAC-ViT's held-out m
+    assert json.loads((out / "cfvit" / "config.json").read_text())["sac"] == {}  # its own selection
+    rows = {r["method"]: r for r in s["family"]}
+    assert list(rows) == ["baseline", "sacvit", *members]
+    for m in ("sacvit", *members):
+        r = rows[m]
+        assert set(r) >= {"certified", "threshold", "gmacs_share", "test_top1", "test_top1_ci", "throughput_ratio"}
+        lo, hi = r["test_top1_ci"]
+        assert lo <= r["test_top1"] <= hi and r["images"] == 60 and r["throughput_ratio"] > 0
+        assert (r["threshold"] is None) == (not r["certified"])
+        if m != "sacvit":
+            assert "sacvit_vs_this" in r
+        meta = read_metadata(out / (m if m != "sacvit" else "sacvit") / "last.safetensors")
+        assert meta.calibration["split"] == "holdout"
+    assert {m["method"] for m in s["matched_gmacs"]} == {"sacvit", *members}
+    assert (out / "family.png").stat().st_size > 0
+    bench = {r["method"] for r in s["bench"]}
+    assert bench >= {"deit", "sacvit", *members}
+    assert "adaptive-ViT family" in (out / "report.md").read_text()

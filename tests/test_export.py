@@ -30,7 +30,8 @@ def assert_same(ref, got, tol: float = 1e-5) -> None:
     assert torch.allclose(ref.gmacs, got.gmacs) and torch.allclose(ref.confidence, got.confidence, atol=1e-6)
 
 
-@pytest.mark.parametrize("sac", [{}, {"alpha": 0.78}, {"window_policy": "center", "reuse_non_target": False}])
+@pytest.mark.parametrize("sac", [{}, {"alpha": 0.78}, {"window_policy": "center", "reuse_non_target": False},
+                                 {"exit_score": "margin"}])
 def test_eager_stages_equal_predict(x, sac):
     model = tiny_sacvit(**sac)
     ee, sc, geo = EEStage(model), SACStage(model), geometry(model)
@@ -120,3 +121,16 @@ def test_export_cli(tmp_path, capsys):
                                                                          adaptive_sizes=(2, 3, 4)))
     assert main(["export", "--checkpoint", str(adaptive), "--out", str(tmp_path / "no")]) == 2
     assert "adaptive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_exit_score_travels_with_the_export(tmp_path, x):
+    """A checkpoint whose η is compared with the margin: the ONNX EE graph computes the margin and
+    the runtime's exits equal eager predict's."""
+    path = save_tiny(tmp_path / "last.safetensors", tiny_sacvit(exit_score="margin"))
+    model = sacvit.from_pretrained(path)
+    export_onnx(model, tmp_path / "onnx")
+    runtime = OnnxSACViT(tmp_path / "onnx", threads=1)
+    assert runtime.sac_cfg.exit_score == "margin"
+    for thr in (0.2, 0.5):
+        assert_same(model.predict(x, thr), runtime.predict(x, thr), 1e-4)

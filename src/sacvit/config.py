@@ -90,6 +90,10 @@ class SACConfig:
         reuse: add the feature-reuse term ``reuse(z_ee)`` to the SAC tokens.
         reuse_non_target: also add it to the non-target (reused EE) tokens.
         reuse_mlp_ratio: hidden width of the reuse MLP as a multiple of the embedding width.
+        exit_score: what η is compared with: ``"max_prob"`` (the paper's), ``"temperature"``
+            (max-probability of ``softmax(logits / exit_temperature)``) or ``"margin"`` (top-1 −
+            top-2 probability); see :mod:`sacvit.model.exit_score`.
+        exit_temperature: T of the ``"temperature"`` score (> 0; below 1 sharpens).
     """
 
     ee_scale: int = 2
@@ -107,6 +111,8 @@ class SACConfig:
     reuse: bool = True
     reuse_non_target: bool = True
     reuse_mlp_ratio: float = 4.0
+    exit_score: str = "max_prob"
+    exit_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -131,6 +137,9 @@ class SACConfig:
              f"adaptive_sizes must be positive window sides, got {self.adaptive_sizes}"),
             (0.0 < self.rho <= 1.0, f"rho must be in (0, 1], got {self.rho}"),
             (self.reuse_mlp_ratio > 0, f"reuse_mlp_ratio must be > 0, got {self.reuse_mlp_ratio}"),
+            (self.exit_score in ("max_prob", "temperature", "margin"),
+             f"exit_score must be 'max_prob', 'temperature' or 'margin', got {self.exit_score!r}"),
+            (self.exit_temperature > 0, f"exit_temperature must be > 0, got {self.exit_temperature}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -74,7 +74,7 @@ def plot_clusters(
     device = next(model.parameters()).device
     x = images.to(device)
     pred = model.predict(x, threshold)
-    confidence = model.forward_ee(x, need_gca=False).logits.softmax(-1).amax(-1).cpu()
+    confidence = model.exit_confidence(model.forward_ee(x, need_gca=False).logits).cpu()
     classes = pred.logits.argmax(-1).cpu()
     stage, box = pred.stage.cpu(), pred.box.cpu()
     name = (lambda c: class_names[c]) if class_names is not None else str

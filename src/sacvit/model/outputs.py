@@ -41,7 +41,7 @@ class Prediction:
         stage: ``(B,)`` long, 0 = exited at EE, 1 = went through SAC.
         gmacs: ``(B,)`` GMACs spent on each image.
         box: ``(B, 4)`` target window in pixels ``(x0, y0, x1, y1)``; −1 for exited images.
-        confidence: ``(B,)`` EE top-1 softmax probability, the quantity compared with η.
+        confidence: ``(B,)`` the EE exit score (top-1 softmax probability by default: ``SACConfig.exit_score``), the quantity compared with η.
     """
 
     logits: Tensor

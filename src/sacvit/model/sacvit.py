@@ -1,30 +1,20 @@
 """SAC-ViT: one shared-weight timm ViT run as an early-exit stage and a clustered stage.
 
 :class:`SACViT` *is* a timm :class:`~timm.models.vision_transformer.VisionTransformer` (same
-parameter names, so DeiT checkpoints load unchanged) plus a small feature-reuse MLP. The method:
+parameter names, so DeiT checkpoints load unchanged) plus a small feature-reuse MLP:
+:meth:`~SACViT.forward_ee` (the downsampled image through the shared blocks, with the global class
+attention, GCA), :attr:`~SACViT.policy` (the :class:`~.policy.ClusterPolicy` splitting the EE
+tokens into target / non-target on every path), :meth:`~SACViT.forward_sac` (the target region
+re-embedded at full resolution, the rest reused, attention within each cluster),
+:meth:`~SACViT.forward` (training: both stages' logits; eval: the adaptive logits, differentiable
+when gradients are enabled) and :meth:`~SACViT.predict` (real exit through
+:func:`~.exit_loop.exit_loop`, the host loop shared with the staged / compiled / ONNX paths).
 
-* :meth:`SACViT.forward_ee` — the image downsampled by ``ee_scale``, position embeddings resampled
-  to the EE grid, the shared blocks and head; also the global class attention (GCA) of each token;
-* :attr:`SACViT.policy` — the :class:`~.policy.ClusterPolicy` (window choice, window side,
-  target-token rule) that splits the EE tokens into target / non-target, on every path;
-* :meth:`SACViT.forward_sac` — the target region re-embedded from the full-resolution image,
-  non-target tokens reused from EE, attention within each cluster;
-* :meth:`SACViT.forward` — in training, ``(logits_ee, logits_sac)`` for every image; in eval,
-  the adaptive logits at the configured threshold (so timm's validation tools work unchanged),
-  differentiable when gradients are enabled;
-* :meth:`SACViT.predict` — batched adaptive inference: confident images leave after EE
-  (:func:`~.exit_loop.exit_loop`, the host loop shared with the staged / compiled / ONNX paths).
-
-Inference path (what keeps FLOPs savings real wall-clock savings): one host sync per call, at
-the exit decision, where the batch is compacted to the images that continue (the adaptive
-clustering mode needs one more, for its bucket sizes); the crop and re-embedding gather only the
-selected patches straight from the uncompacted input; the SAC sequence is laid out
-``[target, CLS, non-target]`` so that every cluster's keys are a contiguous slice for dense SDPA
-(see :mod:`.attention`); the EE patch embeddings, final tokens and GCA are reused, never
-recomputed; the resampled EE position embedding is cached outside training; the final norm and
-head run on the CLS token only. The pure parts live beside the class: :mod:`.policy`,
-:mod:`.clustering` (the geometry), :mod:`.patches` (the gathers), :mod:`.attention` (the block
-passes), :mod:`.exit_loop`, :mod:`.inputs`, :mod:`.outputs`, :mod:`.reuse`.
+What keeps FLOPs savings wall-clock savings: one host sync per call (the exit decision and batch
+compaction; adaptive mode adds one for its buckets); the crop gathers only the selected patches
+from the uncompacted input; the SAC sequence ``[target, CLS, non-target]`` makes every cluster's
+keys a contiguous slice for dense SDPA (:mod:`.attention`); EE embeddings, tokens and GCA are
+reused; the EE position embedding is cached outside training; norm and head run on CLS only.
 """
 
 from __future__ import annotations
@@ -45,6 +35,7 @@ from . import accounting
 from .attention import cluster_block, ee_block
 from .clustering import Clusters
 from .exit_loop import exit_loop
+from .exit_score import exit_score
 from .inputs import check_batch, nonfinite
 from .outputs import EEOutput, Prediction
 from .patches import gather_patches, gather_tokens
@@ -322,6 +313,10 @@ class SACViT(VisionTransformer):
             boxes[idx] = c.box
         return logits, gmacs, boxes
 
+    def exit_confidence(self, logits: Tensor) -> Tensor:
+        """``(B,)`` the exit score of EE logits (``sac_cfg.exit_score``; η is compared with it)."""
+        return exit_score(logits, self.sac_cfg.exit_score, self.sac_cfg.exit_temperature)
+
     def target_selection(self, ee: EEOutput) -> tuple[Tensor, Tensor]:
         """What the SAC stage selects for each image of ``ee`` (whether it exits or not): the
         ``(B, h, w)`` mask of target EE tokens and the ``(B, 4)`` pixel box, as ``predict``."""
@@ -385,7 +380,7 @@ class SACViT(VisionTransformer):
         bad = nonfinite(x) if x.is_floating_point() else None  # read at the exit decision's sync
         ee = self.forward_ee(x, need_gca=threshold > 0)
         self._lap("ee")
-        confidence = ee.logits.detach().float().softmax(dim=-1).amax(dim=-1)
+        confidence = self.exit_confidence(ee.logits.detach())
         return exit_loop(ee.logits, confidence, threshold, self.gmacs_ee(),
                          lambda rest: self._sac_buckets(x, ee.index(rest), rows=rest), bad)
 
@@ -431,7 +426,7 @@ class SACViT(VisionTransformer):
         self.check_input(x)
         B = x.shape[0]
         ee = self.forward_ee(x)
-        confidence = ee.logits.float().softmax(dim=-1).amax(dim=-1)
+        confidence = self.exit_confidence(ee.logits)
         gmacs_ee = torch.full((B,), self.gmacs_ee(), device=x.device)
         stage = torch.zeros(B, dtype=torch.long, device=x.device)
         sac_logits, sac_gmacs, box = self._sac_buckets(x, ee)

@@ -108,7 +108,7 @@ class EEStage(_Stage):
     """The EE stage of a window-mode SAC-ViT as one graph.
 
     ``forward(image)`` returns ``(logits, confidence, gca, window, tokens, embed)``: ``(B, C)``
-    logits, ``(B,)`` top-1 softmax probability (what η is compared with), ``(B, h, w)`` GCA,
+    logits, ``(B,)`` exit score (what η is compared with: ``exit_score``), ``(B, h, w)`` GCA,
     ``(B, 2)`` long window corner ``(row, col)``, and ``(B, n, D)`` final EE tokens and input
     embeddings.
     """
@@ -116,7 +116,7 @@ class EEStage(_Stage):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         ee = self.model.forward_ee(x)
         row, col = self.policy.corners(ee.gca, self.policy.window)
-        confidence = ee.logits.float().softmax(dim=-1).amax(dim=-1)
+        confidence = self.model.exit_confidence(ee.logits)
         return ee.logits, confidence, ee.gca, torch.stack([row, col], dim=1), ee.tokens, ee.embed
 
 
