@@ -28,7 +28,8 @@ def standin(tmp_path_factory):
 
 def _demo(out, data, standin, **kw):
     cfg = DemoConfig(out=str(out), data_dir=str(data), standin=str(standin), model_kwargs=TINY, threads=1,
-                     recipe=Recipe(batch_size=16), overrides=BUDGET, tome_r=(2,), evit_keep=(0.5,), **kw)
+                     recipe=Recipe(batch_size=16), overrides={**BUDGET, **kw.pop("overrides", {})}, tome_r=(2,),
+                     evit_keep=(0.5,), **kw)
     return run_demo(cfg)
 
 
@@ -106,7 +107,7 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
     reported with intervals and paired differences; the summary's ``family`` has one row each."""
     root, data, path = standin
     members = ("cfvit", "lfvit", "dvt")
-    s = _demo(tmp_path / "fam", data, path, family=members)
+    s = _demo(tmp_path / "fam", data, path, family=members, overrides={"exit_scores": True})
     out = tmp_path / "fam"
     for run in members:
         cfg = json.loads((out / run / "config.json").read_text())
@@ -130,3 +131,6 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
     bench = {r["method"] for r in s["bench"]}
     assert bench >= {"deit", "sacvit", *members}
     assert "adaptive-ViT family" in (out / "report.md").read_text()
+    scores = s["exit_scores"]
+    assert [r["score"] for r in scores["scores"]] == ["max_prob", "temperature", "margin"] and scores["temperature"] > 0
+    assert scores["held_out_best"] in ("max_prob", "temperature", "margin") and scores["images"] == 26

@@ -104,8 +104,21 @@ class CheckpointMeta:
 
     @property
     def threshold(self) -> float | None:
-        """The stored default exit threshold η (``None`` for a plain ViT)."""
-        return None if self.sac_config is None else self.sac_config.threshold
+        """The stored default exit threshold η: the SAC config's, a cascade's (``model_kwargs["dvt"]``),
+        ``None`` for a plain ViT."""
+        if self.sac_config is not None:
+            return self.sac_config.threshold
+        cascade = self.model_kwargs.get("dvt")
+        return float(cascade.get("threshold", 0.76)) if isinstance(cascade, dict) else None
+
+    def with_threshold(self, threshold: float) -> "CheckpointMeta":
+        """The same metadata with another default η (``ValueError`` for a plain ViT)."""
+        if self.sac_config is not None:
+            return self.replace(sac_config=dataclasses.replace(self.sac_config, threshold=float(threshold)))
+        if isinstance(self.model_kwargs.get("dvt"), dict):
+            kwargs = {**self.model_kwargs, "dvt": {**self.model_kwargs["dvt"], "threshold": float(threshold)}}
+            return self.replace(model_kwargs=kwargs)
+        raise ValueError(f"{self.model_name} is a plain ViT: it has no exit threshold")
 
     def replace(self, **changes: Any) -> "CheckpointMeta":
         return dataclasses.replace(self, **changes)

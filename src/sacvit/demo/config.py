@@ -80,6 +80,8 @@ class Preset:
         bench_repeats: timed batches per row of the throughput benchmark.
         family: the predecessors trained and compared (:mod:`~sacvit.demo.family`); the ``demo``
             preset has none (three more fine-tunes do not fit ``make demo``'s 15 minutes).
+        exit_scores: also measure the exit-score options on the held-out split
+            (:mod:`~sacvit.demo.exit_scores`; two more held-out passes).
     """
 
     train_length: int | None
@@ -88,6 +90,7 @@ class Preset:
     test: int | None = None
     bench_repeats: int = 5
     family: tuple[str, ...] = ()
+    exit_scores: bool = False
 
 
 #: ``full``: 4 epochs. Checked: the baseline fine-tuned for 8 epochs instead peaks on held-out data
@@ -95,7 +98,7 @@ class Preset:
 #: +0.15 pt [−0.26, +0.56], McNemar p = 0.50 — more training stops helping.
 PRESETS: dict[str, Preset] = {
     "demo": Preset(train_length=25_000, epochs=1),
-    "full": Preset(train_length=None, epochs=4, bench_repeats=10, family=("cfvit", "lfvit", "dvt")),
+    "full": Preset(train_length=None, epochs=4, bench_repeats=10, family=("cfvit", "lfvit", "dvt"), exit_scores=True),
 }
 
 

@@ -49,14 +49,20 @@ class Evidence:
     def _key(self, ckpt: Path, split: str, tag: str) -> Path:
         return self.dir / f"{model_identity(ckpt)[:16]}_{split}_{len(self.datasets[split])}_{tag}.npz"
 
-    def stages(self, ckpt: Path, split: str, policy: str | None = None) -> StageRecords:
-        """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy)."""
-        path = self._key(ckpt, split, f"stages-{policy or 'own'}")
+    def stages(self, ckpt: Path, split: str, policy: str | None = None,
+               sac: dict[str, Any] | None = None) -> StageRecords:
+        """Both stages of a SAC-ViT checkpoint on ``split`` (optionally with another window policy,
+        or other inference-time :class:`~sacvit.config.SACConfig` fields such as the exit score)."""
+        changes = {**({"window_policy": policy} if policy else {}), **(sac or {})}
+        tag = policy or "own"
+        if sac:
+            tag += "-" + "-".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(sac.items()))
+        path = self._key(ckpt, split, f"stages-{tag}")
         if path.is_file():
             return StageRecords.load(path)
         model, _ = load_checkpoint(ckpt)
-        if policy is not None:
-            model.sac_cfg = dataclasses.replace(model.sac_cfg, window_policy=policy)
+        if changes:
+            model.sac_cfg = dataclasses.replace(model.sac_cfg, **changes)
         torch.manual_seed(self.seed)  # the random window policy draws from the global generator
         records = collect(model, self.datasets[split])
         records.save(path)

@@ -31,7 +31,7 @@ from .config import DemoConfig
 from .evidence import Evidence, calibrate, paired, sac_correct
 from .runs import fine_tune
 
-__all__ = ["MEMBERS", "MATCHED_SHARES", "member_sac", "run_family"]
+__all__ = ["MEMBERS", "MATCHED_SHARES", "member_sac", "matched_threshold", "run_family"]
 
 #: The predecessors the demo trains, by method: their demo-geometry variants.
 MEMBERS = {"cfvit": "cfvit_demo_patch8_112", "lfvit": "lfvit_demo_patch8_112", "dvt": "dvt_demo_patch8_112"}
@@ -51,7 +51,7 @@ def _member(ev: Evidence, ckpt: Path, base_h: np.ndarray, cfg: DemoConfig) -> di
     return {"ckpt": ckpt, "holdout": h, "test": t, "choice": choice, "eta": eta}
 
 
-def _matched(h, share: float, baseline_gmacs: float) -> float:
+def matched_threshold(h, share: float, baseline_gmacs: float) -> float:
     """The η whose held-out mean GMACs is nearest to ``share`` of the baseline's."""
     gmacs = np.array([h.row(float(t))["gmacs"] for t in _GRID])
     return float(_GRID[int(np.argmin(np.abs(gmacs - share * baseline_gmacs)))])
@@ -95,7 +95,7 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
         family.append(entry)
     matched = []
     for share in MATCHED_SHARES:
-        etas = {method: _matched(m["holdout"], share, baseline_gmacs) for method, m in members.items()}
+        etas = {method: matched_threshold(m["holdout"], share, baseline_gmacs) for method, m in members.items()}
         sac_c = sac_correct(sacvit["test"], etas["sacvit"])
         for method, m in members.items():
             row = m["test"].row(etas[method])

@@ -45,6 +45,7 @@ from ..viz import plot_clusters
 from .ablations import run_ablations
 from .config import DemoConfig
 from .evidence import SAC_ONLY, Evidence, calibrate, paired, plain_row, sac_correct
+from .exit_scores import exit_score_study
 from .family import run_family
 from .report import bench_row
 from .runs import PLAIN_MODEL, SAC_MODEL, curve, fine_tune
@@ -145,6 +146,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             member_choice = fam["choices"][method]
             _store_threshold(Path(fam["checkpoints"][method]), member_choice, member_choice.certified, cfg)
         summary.update(family=fam["family"], matched_gmacs=fam["matched"])
+    if cfg.budget().exit_scores:
+        summary["exit_scores"] = exit_score_study(cfg, ev, ckpt["sacvit"], base_h, flops.vit_gmacs(baseline))
     if cfg.bench:
         summary["bench"] = _bench(cfg, ckpt, eta, fam)
         for entry in summary.get("family", []):

@@ -120,6 +120,17 @@ def markdown(s: dict[str, Any]) -> str:
                             lines))
     if s.get("family"):
         parts.append(_family_section(s))
+    if s.get("exit_scores"):
+        e = s["exit_scores"]
+        parts.append(f"\n## Exit score (held-out split, {e['images']} images; T = {e['temperature']:.3g} fitted there)\n")
+        parts.append(_table(["score", "EE ECE", "certified η", "GMACs share at it", "held-out top-1 at 25 / 30 / 40% GMACs"],
+                            [[r["score"], "–" if r["ece"] is None else f"{100 * r['ece']:.1f}%",
+                              "not certified" if r["threshold"] is None else f"{r['threshold']:.3g}",
+                              f"{100 * r['gmacs_share']:.1f}%",
+                              " / ".join(f"{v:.2f}" for v in r["holdout_top1_at_matched_gmacs"].values())]
+                             for r in e["scores"]]))
+        parts.append(f"\nBest on held-out at matched GMACs: {e['held_out_best']}; the default stays {e['default']} "
+                     "(the paper's) unless changed with `--sac '{\"exit_score\": …}'`.\n")
     if s.get("ablations"):
         parts.append("\n## Ablations (Figure 3): each design removed in turn, own η calibrated on held-out data\n")
         parts.append(_table(["variant", "η", "top-1 % [95% CI]", "GMACs/img", "exit @ EE", "SAC only", "EE only",

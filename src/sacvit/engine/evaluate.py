@@ -29,7 +29,7 @@ from ..model import SACViT
 from ..stats import wilson_interval
 from .timing import throughput
 
-__all__ = ["StageRecords", "CascadeRecords", "collect", "collect_cascade", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
+__all__ = ["StageRecords", "CascadeRecords", "collect", "collect_cascade", "ee_logits", "plain_correct", "sweep", "evaluate", "COLUMNS", "SAC_ONLY",
            "DEFAULT_THRESHOLDS", "baseline_row"]
 
 SAC_ONLY = 1.01  # above any softmax probability: every image goes through SAC
@@ -182,6 +182,17 @@ def collect(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: st
         parts["gmacs_sac"].append(sac.gmacs)
         parts["agree"].append(ee.logits.argmax(-1) == sac.logits.argmax(-1))
     return StageRecords(**{k: torch.cat(v).cpu().numpy() for k, v in parts.items()})
+
+
+@torch.no_grad()
+def ee_logits(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device | None = None,
+              workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EE stage's logits of a SAC-ViT and the labels, for every image of ``dataset`` (CPU tensors)."""
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    out = [(model.forward_ee(x, need_gca=False).logits.float().cpu(), y.cpu())
+           for x, y in _batches(dataset, batch_size, workers, device, "EE logits")]
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ checkpoints (weights + optimizer and RNG state as one unit) are built from these
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import tempfile
@@ -196,7 +195,7 @@ def update_metadata(path: str | Path, *, threshold: float | None = None,
 
     Args:
         path: a checkpoint written by :func:`save_checkpoint`.
-        threshold: a new default exit threshold η (``sac_config.threshold``; SAC-ViT only).
+        threshold: a new default exit threshold η (``sac_config.threshold``, or a cascade's).
         calibration: the record of how ``threshold`` was chosen.
         preprocess: the evaluation preprocessing.
 
@@ -209,9 +208,9 @@ def update_metadata(path: str | Path, *, threshold: float | None = None,
     path = Path(path)
     meta = read_metadata(path)
     if threshold is not None:
-        if meta.sac_config is None:
+        if meta.threshold is None:
             raise ValueError(f"{path} holds a plain ViT ({meta.model_name}): it has no exit threshold")
-        meta = meta.replace(sac_config=dataclasses.replace(meta.sac_config, threshold=float(threshold)))
+        meta = meta.with_threshold(threshold)
     if calibration is not None:
         meta = meta.replace(calibration=calibration)
     if preprocess is not None:
