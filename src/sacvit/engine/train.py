@@ -60,33 +60,31 @@ __all__ = ["TrainConfig", "train", "CHECKPOINT"]
 # ---------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def _validate(model: nn.Module, loader: DataLoader, d: Dist, amp: dict[str, Any]) -> dict[str, float]:
-    """Top-1 (%) on this rank's shard, all-reduced: EE and SAC for SAC-ViT, else plain."""
+    """Top-1 (%) on this rank's shard, all-reduced: every stage of an adaptive model (SAC-ViT: EE
+    and SAC; a cascade: each stage), else the plain model's."""
     from ..model import SACViT
 
     was_training = model.training
     model.eval()
-    is_sac = isinstance(model, SACViT)
-    counts = torch.zeros(3, dtype=torch.float64, device=d.device)  # n, correct ee/plain, correct sac
+    staged = hasattr(model, "predict_stages")
+    n_stages = 1 if not staged else 2 if isinstance(model, SACViT) else len(model.stages)
+    counts = torch.zeros(1 + n_stages, dtype=torch.float64, device=d.device)  # n, correct per stage
     for x, y in loader:
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         with torch.autocast(**amp):
-            if is_sac:
-                ee, sac = (p.logits for p in model.predict_stages(x))
-            else:
-                ee, sac = model(x), None
+            logits = [p.logits for p in model.predict_stages(x)] if staged else [model(x)]
         counts[0] += len(y)
-        counts[1] += (ee.argmax(-1) == y).sum()
-        if sac is not None:
-            counts[2] += (sac.argmax(-1) == y).sum()
+        for i, z in enumerate(logits):
+            counts[1 + i] += (z.argmax(-1) == y).sum()
     if d.world > 1:
         dist.all_reduce(counts)
-    n = max(1.0, float(counts[0]))
     model.train(was_training)
-    if is_sac:
-        return {"val_top1_ee": 100 * float(counts[1]) / n, "val_top1_sac": 100 * float(counts[2]) / n}
-    return {"val_top1": 100 * float(counts[1]) / n}
-
-
+    top1 = [100 * float(c) / max(1.0, float(counts[0])) for c in counts[1:]]
+    if isinstance(model, SACViT):
+        return {"val_top1_ee": top1[0], "val_top1_sac": top1[1]}
+    if staged:
+        return {**{f"val_top1_stage{i}": v for i, v in enumerate(top1)}, "val_top1": top1[-1]}
+    return {"val_top1": top1[0]}
 
 
 def _step_flags(loss: torch.Tensor, norm: torch.Tensor | None, due: bool, d: Dist) -> tuple[bool, bool]:
