@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["SACConfig", "ConfigTypeError"]
+__all__ = ["SACConfig", "DVTConfig", "ConfigTypeError"]
 
 ClusterMode = Literal["window", "adaptive"]
 WindowPolicy = Literal["gca", "center", "random"]
@@ -163,4 +163,68 @@ class SACConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown SACConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class DVTConfig:
+    """Configuration of the DVT cascade (:class:`~sacvit.model.dvt.DVT`) on top of its ViT stages.
+
+    Attributes:
+        grids: token-grid sides of the stages, strictly increasing; the last is the model's
+            full-resolution grid (``img_size / patch_size``). DVT's DeiT-S: 7×7, 10×10, 14×14.
+        threshold: the one exit threshold η on the top-1 softmax probability, applied after every
+            stage but the last (one knob, as SAC-ViT's; per-stage thresholds are not supported).
+        feature_reuse: add the upstream stage's final tokens (through a small MLP, upsampled) to
+            the downstream stage's patch embeddings.
+        relation_reuse: add the upstream stage's attention logits (mapped across layers and heads,
+            resized) to the downstream stage's attention logits.
+        reuse_mlp_ratio: hidden width of the feature-reuse MLP as a multiple of the embedding
+            width (1: DVT's reuse path is a light transformation; its cost is paid per exit).
+    """
+
+    grids: tuple[int, ...] = (7, 10, 14)
+    threshold: float = 0.76
+    feature_reuse: bool = True
+    relation_reuse: bool = True
+    reuse_mlp_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise ConfigTypeError(f"DVTConfig.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+        self.grids = tuple(int(g) for g in self.grids)
+        g = self.grids
+        checks = [
+            (len(g) >= 2, f"grids must name at least two stages (a cascade), got {g}"),
+            (all(s >= 1 for s in g) and all(a < b for a, b in zip(g, g[1:])),
+             f"grids must be positive and strictly increasing, got {g}"),
+            (self.threshold >= 0, f"threshold must be ≥ 0 (above 1: never exit), got {self.threshold}"),
+            (self.reuse_mlp_ratio > 0, f"reuse_mlp_ratio must be > 0, got {self.reuse_mlp_ratio}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists), for checkpoint metadata."""
+        d = dataclasses.asdict(self)
+        d["grids"] = list(self.grids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DVTConfig":
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: unknown keys or a value out of range.
+            ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
+        """
+        if not isinstance(d, dict):
+            raise ConfigTypeError(f"a DVTConfig must be a JSON object / dict, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DVTConfig fields: {sorted(unknown)}")
         return cls(**d)

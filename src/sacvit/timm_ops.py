@@ -15,14 +15,15 @@ attention and the MLP. Every piece of a timm block they re-run is written here o
 * :func:`attn_out` — head merge → ``attn.norm`` (timm's ``scale_attn_norm``) → ``proj`` → ``proj_drop``;
 * :func:`attn_residual` / :func:`mlp_residual` — the two residual branches with ``ls1``/``ls2``
   (layer scale) and ``drop_path1``/``drop_path2``;
-* :func:`attention_half`, :func:`block_forward`, :func:`block_forward_with_cls_logits` — the
-  compositions the callers use; :func:`block_forward` equals ``Block.forward`` (tested over
-  ``qk_norm``, layer scale and ``scale_attn_norm``);
+* :func:`attention_half`, :func:`block_forward`, :func:`block_forward_with_cls_logits`,
+  :func:`block_forward_with_logits` — the compositions the callers use; :func:`block_forward`
+  equals ``Block.forward`` (tested over ``qk_norm``, layer scale and ``scale_attn_norm``);
 * :func:`embed_tokens`, :func:`mlp_widths`, :func:`mlp_ratio`, :func:`block_args`, :func:`head_dim` — the ViT
   stem and block shapes.
 
 :func:`check_blocks` refuses every block these functions would compute wrong (another block type,
-gated attention). Nothing here syncs with the host or builds an ``N×N`` mask.
+gated attention). Nothing here syncs with the host or builds an ``N×N`` mask (except
+:func:`block_forward_with_logits`, whose point is the ``N×N`` logits).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 __all__ = ["check_blocks", "qkv", "attend", "cls_logits", "attn_out", "attn_residual", "mlp_residual",
-           "attention_half", "block_forward", "block_forward_with_cls_logits", "embed_tokens", "mlp_widths",
-           "mlp_ratio", "block_args", "head_dim"]
+           "attention_half", "block_forward", "block_forward_with_cls_logits", "block_forward_with_logits",
+           "embed_tokens", "mlp_widths", "mlp_ratio", "block_args", "head_dim"]
 
 
 def check_blocks(blocks: nn.Sequential) -> None:
@@ -114,6 +115,26 @@ def block_forward_with_cls_logits(blk: Block, x: Tensor, want: bool = True) -> t
     row = cls_logits(blk, q, k) if want else None
     x = attn_residual(blk, x, attn_out(blk, attend(blk, q, k, v)))
     return mlp_residual(blk, x), row
+
+
+def block_forward_with_logits(blk: Block, x: Tensor, bias: Tensor | None = None,
+                              want: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``Block.forward(x)`` with an additive attention-logit ``bias`` (broadcastable to
+    ``(B, H, N, N)``) and, if ``want``, the ``(B, H, N, N)`` logits ``q·Kᵀ·scale + bias`` it used.
+
+    With ``want`` the attention is computed explicitly (logits, softmax, attention dropout, ``·V``),
+    so the logits come from the same ``q``/``k``; without it, one SDPA call with ``bias`` as its
+    float ``attn_mask`` (and ``None`` returned). With ``bias=None`` both equal ``Block.forward`` (tested).
+    """
+    q, k, v = qkv(blk, x)
+    if not want:
+        return mlp_residual(blk, attn_residual(blk, x, attn_out(blk, attend(blk, q, k, v, bias)))), None
+    logits = (q * blk.attn.scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    weights = blk.attn.attn_drop(logits.softmax(dim=-1))
+    x = attn_residual(blk, x, attn_out(blk, (weights @ v).transpose(1, 2)))
+    return mlp_residual(blk, x), logits
 
 
 def embed_tokens(vit: VisionTransformer, x: Tensor) -> Tensor:

@@ -1,11 +1,11 @@
-"""The SAC-ViT training loss (DESIGN.md, Training)."""
+"""The SAC-ViT training loss (DESIGN.md, Training) and DVT's cascade loss."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sac_loss", "cross_entropy"]
+__all__ = ["sac_loss", "cascade_loss", "cross_entropy"]
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -31,3 +31,14 @@ def sac_loss(logits_ee: Tensor, logits_sac: Tensor, target: Tensor, *, kl_weight
     student = (logits_ee / tau).log_softmax(dim=-1)
     kl = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
     return ce + kl_weight * tau * tau * kl
+
+
+def cascade_loss(logits: tuple[Tensor, ...] | list[Tensor], target: Tensor) -> Tensor:
+    """``Σ_i CE(logits_i, y)``: every exit of a cascade (DVT's training forward) trained with
+    cross-entropy on the labels, equally weighted (no distillation between exits).
+
+    ``target`` is class indices ``(B,)`` or soft targets ``(B, C)``, as for :func:`cross_entropy`.
+    """
+    if len(logits) == 0:
+        raise ValueError("cascade_loss needs the logits of at least one stage")
+    return sum((cross_entropy(z, target) for z in logits[1:]), cross_entropy(logits[0], target))

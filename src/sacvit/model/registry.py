@@ -4,7 +4,8 @@ Every variant is a ``@register_model`` function, so ``timm.create_model('sacvit_
 works once :mod:`sacvit` is imported. Nothing is ever downloaded: pretrained weights come from a
 local file, given as ``checkpoint=PATH`` or timm's ``pretrained_cfg_overlay=dict(file=PATH)``.
 Official DeiT checkpoints (timm ``.pth``/``.safetensors``, or facebookresearch's ``{'model': …}``)
-load unchanged: SAC-ViT has exactly DeiT's parameter names plus ``reuse.*``.
+load unchanged: SAC-ViT has exactly DeiT's parameter names plus ``reuse.*``; a DVT loads the same
+file into every one of its stages (``dvt_*``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..config import SACConfig
 from ..meta import FORMAT, CheckpointError, CheckpointMeta, read_header
+from .dvt import DVT
 from .family import CFViT, LFViT
 from .sacvit import SACViT
 
@@ -96,6 +98,21 @@ def load_backbone_weights(model: VisionTransformer, path: str | Path, strict_hea
     return list(result.missing_keys)
 
 
+def _load_dvt(model: DVT, path: str | Path) -> None:
+    """A trained DVT's weights (``stages.*`` keys) load whole; DeiT/timm/SAC-ViT backbone weights
+    load into every stage (:func:`load_backbone_weights`, position embeddings resampled per stage),
+    the reuse layers staying at their zero initialisation."""
+    state = read_state_dict(path)
+    if any(k.startswith("stages.") for k in state):
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not match this DVT: {err}") from err
+        return
+    for stage in model.stages:
+        load_backbone_weights(stage, path)
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
@@ -118,6 +135,8 @@ default_cfgs = generate_default_cfgs({
     "lfvit_deit_small_patch16_224.untrained": _cfg(),
     "lfvit_demo_patch8_112.untrained": _cfg(**_DEMO),
     "deit_demo_patch8_112.untrained": _cfg(**_DEMO),
+    "dvt_deit_small_patch16_224.untrained": _cfg(first_conv="stages.2.patch_embed.proj", classifier="stages.2.head"),
+    "dvt_demo_patch8_112.untrained": _cfg(**_DEMO, first_conv="stages.2.patch_embed.proj", classifier="stages.2.head"),
 })
 
 DEMO_ARGS = dict(img_size=112, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
@@ -171,10 +190,15 @@ def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs
 
     if checkpoint and issubclass(model_cls, SACViT):
         kwargs = _with_stored_sac(variant, checkpoint, kwargs)
+    if issubclass(model_cls, DVT) and kwargs.get("features_only"):
+        raise ValueError(f"{variant}: a DVT cascade has no single feature pyramid; features_only is not supported "
+                         f"(use model.stages[i] for one stage's features)")
 
     def build(**model_kwargs: Any) -> nn.Module:
         model = model_cls(**model_kwargs)
-        if checkpoint:
+        if checkpoint and isinstance(model, DVT):
+            _load_dvt(model, checkpoint)
+        elif checkpoint:
             load_backbone_weights(model, checkpoint)
         return model
 
@@ -249,3 +273,16 @@ def lfvit_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> LFV
 def lfvit_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> LFViT:
     """LF-ViT of the CPU demo's size and geometry (14×14 / 7×7 tokens)."""
     return _create("lfvit_demo_patch8_112", LFViT, pretrained, **dict(DEMO_ARGS, **kwargs))
+
+
+@register_model
+def dvt_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> DVT:
+    """DVT on DeiT-Small: three DeiT-S stages on 7×7, 10×10, 14×14 tokens (112, 160, 224 px)."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("dvt_deit_small_patch16_224", DVT, pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def dvt_demo_patch8_112(pretrained: bool = False, **kwargs: Any) -> DVT:
+    """DVT of the CPU demo's size: three demo ViTs on 7×7, 10×10, 14×14 tokens (56, 80, 112 px)."""
+    return _create("dvt_demo_patch8_112", DVT, pretrained, **dict(DEMO_ARGS, **kwargs))
