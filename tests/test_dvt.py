@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import timm
@@ -255,3 +256,29 @@ def test_relation_bias_leaves_the_cls_row_and_column_alone(monkeypatch):
         assert b.shape == (2, 2, n, n)
         assert (b[..., 0, :] == 0).all() and (b[..., :, 0] == 0).all()
         assert b[..., 1:, 1:].abs().amin() > 0
+
+
+def test_train_calibrate_and_reload_a_dvt(tmp_path):
+    """`sacvit train` trains every exit (cascade_loss), records the cascade's configuration, and a
+    certified calibration stores η in it; from_pretrained and load_checkpoint rebuild the cascade."""
+    import sacvit
+    from sacvit.engine.calibrate import calibrate
+    from sacvit.engine.train import TrainConfig, train
+    from sacvit.io.checkpoint import load_checkpoint, read_metadata
+
+    kw = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, dvt={"grids": [4, 6, 8]})
+    cfg = TrainConfig(model="dvt_demo_patch8_112", model_kwargs=kw, data="synthetic", train_length=64,
+                      val_length=32, epochs=1, batch_size=16, lr=2e-3, warmup_epochs=0.5, drop_path=0.0,
+                      out_dir=str(tmp_path / "run"), threads=1)
+    ckpt = train(cfg)
+    meta = read_metadata(ckpt)
+    assert meta.model_kwargs["dvt"]["grids"] == [4, 6, 8] and meta.threshold == 0.76 and meta.sac_config is None
+    metrics = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_top1_stage0", "val_top1_stage1", "val_top1_stage2"} <= set(metrics[-1])
+    model, _ = load_checkpoint(ckpt)
+    assert isinstance(model, DVT) and model.grids == (4, 6, 8)
+    result = calibrate(ckpt, data="synthetic", split="holdout", length=64, max_drop=50.0)
+    assert result.curve is None and result.choice.certified  # ε = 50 pt: something is certified
+    assert read_metadata(ckpt).threshold == result.choice.threshold == sacvit.from_pretrained(ckpt).threshold
+    with pytest.raises(ValueError, match="accuracy budget"):
+        calibrate(ckpt, data="synthetic", split="holdout", length=64, exit_share=0.5)

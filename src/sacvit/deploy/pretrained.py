@@ -92,7 +92,7 @@ class Pretrained:
     @property
     def threshold(self) -> float | None:
         """The default exit threshold η (the calibrated one after ``sacvit calibrate``)."""
-        return self.model.sac_cfg.threshold if self.is_sac else None
+        return self.meta.threshold
 
     @property
     def device(self) -> torch.device:

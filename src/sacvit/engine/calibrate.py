@@ -24,7 +24,8 @@ from ..data import build_dataset
 from ..data.classes import IGNORE_HINT, check_class_names, describe_data
 from ..io.checkpoint import load_checkpoint, read_metadata, update_metadata
 from ..model import SACViT
-from .evaluate import SAC_ONLY, CascadeRecords, StageRecords, collect, plain_correct
+from ..model.dvt import DVT
+from .evaluate import SAC_ONLY, CascadeRecords, StageRecords, collect, collect_cascade, plain_correct
 
 __all__ = ["Calibration", "Curve", "Choice", "RULES", "TESTS", "calibrate", "certified_choice", "curve", "curve_rows",
            "choose_threshold", "exit_thresholds",
@@ -179,7 +180,7 @@ class Calibration:
 
     Attributes:
         choice: the chosen operating point.
-        curve: every operating point of the split.
+        curve: every operating point of the split (``None`` for a cascade: one η, several stages).
         records: the per-image results the curve came from.
         record: the ``calibration`` record stored in the checkpoint metadata.
         written: whether the checkpoint was rewritten.
@@ -302,8 +303,13 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
     if given == 0:
         max_drop = 0.5
     model, meta = load_checkpoint(checkpoint)
-    if not isinstance(model, SACViT):
-        raise ValueError(f"{checkpoint} holds a plain ViT ({meta.model_name}): only a SAC-ViT has an exit threshold")
+    if not isinstance(model, (SACViT, DVT)):
+        raise ValueError(f"{checkpoint} holds a plain ViT ({meta.model_name}): only an adaptive model (SAC-ViT, "
+                         f"CF-ViT, LF-ViT, DVT) has an exit threshold")
+    cascade = isinstance(model, DVT)
+    if cascade and max_drop is None:
+        raise ValueError(f"{checkpoint} is a DVT cascade: calibrate it for an accuracy budget (--max-drop), "
+                         f"the GMACs / exit-share budgets need two stages")
     spec = meta.data
     data = data or (spec.name if spec else "cluttered-fmnist")
     data_dir = data_dir if data_dir is not None else (spec.folder if spec and spec.name == data else None)
@@ -321,7 +327,7 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
         check_class_names(meta.class_names, classes, f"{checkpoint} vs {described}", IGNORE_HINT)
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the calibration data {len(classes)}")
-    records = collect(model, dataset, batch_size, device)
+    records = (collect_cascade if cascade else collect)(model, dataset, batch_size, device)
     if max_drop is not None:
         reference = None
         if reference_checkpoint is not None and not agreement:
@@ -335,6 +341,7 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
     else:
         choice = choose_threshold(records, budget_gmacs=budget_gmacs, exit_share=exit_share)
     budget = {"budget_gmacs": budget_gmacs, "max_drop": max_drop, "exit_share": exit_share}
-    record = calibration_record(choice, budget, **source, previous_threshold=model.sac_cfg.threshold)
+    record = calibration_record(choice, budget, **source, previous_threshold=meta.threshold)
     written = bool(write) and store_threshold(checkpoint, choice, record)
-    return Calibration(choice=choice, curve=curve(records), records=records, record=record, written=written)
+    return Calibration(choice=choice, curve=None if cascade else curve(records), records=records, record=record,
+                       written=written)

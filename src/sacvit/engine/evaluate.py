@@ -26,6 +26,7 @@ from ..data.classes import IGNORE_HINT, check_class_names
 from ..devices import resolve_device
 from ..io.checkpoint import load_checkpoint, read_metadata
 from ..model import SACViT
+from ..model.dvt import DVT
 from ..stats import wilson_interval
 from .timing import throughput
 
@@ -273,8 +274,9 @@ def evaluate(
     """
     device = resolve_device(device)
     model, name = _load(checkpoint_or_model, device)
-    if not isinstance(model, SACViT):
-        raise ValueError(f"{checkpoint_or_model} is not a SAC-ViT ({name}); pass plain ViTs as the baseline")
+    if not isinstance(model, (SACViT, DVT)):
+        raise ValueError(f"{checkpoint_or_model} is not a SAC-ViT or a DVT cascade ({name}); pass plain ViTs as "
+                         f"the baseline")
     if len(dataset) == 0:
         raise ValueError("the evaluation dataset is empty")
     if check_names:  # before any long pass: the SAC-ViT's names, then the baseline's
@@ -283,7 +285,8 @@ def evaluate(
     classes = getattr(dataset, "classes", None)
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the dataset {len(classes)}")
-    rows = sweep(collect(model, dataset, batch_size, device, workers), thresholds)
+    gather = collect_cascade if isinstance(model, DVT) else collect
+    rows = sweep(gather(model, dataset, batch_size, device, workers), thresholds)
     timing = [x for _, (x, _) in zip(range(timing_batches + 1), _batches(dataset, batch_size, 0, device, "timing"))]
     for r in rows:
         r["model"] = name

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io.train_state import RankState
 from .distributed import Dist, all_mean, rng_state, setup, teardown
 from .logs import append_json
-from .loss import cross_entropy, sac_loss
+from .loss import cascade_loss, cross_entropy, sac_loss
 from .resume import resume_epoch, save_everywhere, shared_state
 from .train_config import CHECKPOINT, TrainConfig
 from .train_setup import Run, check_config, start_run
@@ -138,6 +138,8 @@ def _loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if run.is_sac:
             logits_ee, logits_sac = run.net(x, full_window=run.step / run.total_steps < cfg.select_after)
             return sac_loss(logits_ee.float(), logits_sac.float(), target, kl_weight=cfg.kl_weight, kl_tau=cfg.kl_tau)
+        if run.is_cascade:
+            return cascade_loss(tuple(z.float() for z in run.net(x)), target)
         return cross_entropy(run.net(x).float(), target)
 
 

@@ -26,6 +26,7 @@ from ..data.preprocess import preprocess_for
 from ..devices import amp_dtype
 from ..io.checkpoint import CheckpointMeta, DataSpec
 from ..io.train_state import Checkpointer, Snapshot
+from ..model.dvt import DVT
 from ..model.registry import method_of
 from .distributed import Dist, seed_everything
 from .logs import restore_logs
@@ -73,6 +74,8 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int,
         names = _recorded_class_names(cfg.init)
         if classes is not None and names is not None and not any(k.startswith("head.") for k in left):
             check_class_names(names, classes, f"--init {cfg.init} (its head is loaded) vs the training data")
+    if isinstance(model, DVT):  # the cascade's configuration (and later its η) travels in the kwargs
+        kwargs["dvt"] = model.dvt_cfg.to_dict()
     return model, kwargs
 
 
@@ -145,6 +148,7 @@ class Run:
     model: nn.Module
     net: nn.Module  # the model, or its DDP wrapper
     is_sac: bool
+    is_cascade: bool  # a DVT: every stage's logits, cascade_loss
     ema: Any  # timm ModelEmaV3 or None
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -299,7 +303,8 @@ def start_run(cfg: TrainConfig, d: Dist, train_set: Dataset | None, val_set: Dat
                                         image_size=img_size))
     sampler, batches, train_loader, val_loader = _loaders(cfg, d, train_set, val_set, per_rank)
     return Run(cfg=cfg, d=d, out=out, snap=snap, classes=classes, per_rank=per_rank, steps_per_epoch=steps_per_epoch,
-                skipped_files=len(getattr(train_set, "skipped", ())), model=model, net=net, is_sac=is_sac, ema=ema,
+                skipped_files=len(getattr(train_set, "skipped", ())), model=model, net=net, is_sac=is_sac,
+                is_cascade=isinstance(model, DVT), ema=ema,
                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp=amp, total_steps=total_steps, mixup=mixup,
                 sampler=sampler, batches=batches, train_loader=train_loader, val_loader=val_loader,
                 saver=_checkpointer(d, out, snap, meta), start_epoch=start_epoch, history=history, step=step)

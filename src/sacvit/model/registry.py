@@ -62,7 +62,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_backbone_weights(model: VisionTransformer, path: str | Path, strict_head: bool = False) -> list[str]:
+def load_backbone_weights(model: VisionTransformer | DVT, path: str | Path, strict_head: bool = False) -> list[str]:
     """Load a DeiT/timm ViT (or SAC-ViT) checkpoint into ``model``.
 
     Position embeddings are resampled by timm's filter when the grid differs (e.g. DeiT-224
@@ -75,6 +75,8 @@ def load_backbone_weights(model: VisionTransformer, path: str | Path, strict_hea
         ValueError: a width that does not match the model, keys that belong to another model,
             or an unreadable file — always naming the path.
     """
+    if isinstance(model, DVT):
+        return _load_dvt(model, path, strict_head)
     state = read_state_dict(path)
     width = next((state[k].shape[-1] for k in ("cls_token", "pos_embed") if k in state), None)
     if width is None:
@@ -98,19 +100,19 @@ def load_backbone_weights(model: VisionTransformer, path: str | Path, strict_hea
     return list(result.missing_keys)
 
 
-def _load_dvt(model: DVT, path: str | Path) -> None:
+def _load_dvt(model: DVT, path: str | Path, strict_head: bool = False) -> list[str]:
     """A trained DVT's weights (``stages.*`` keys) load whole; DeiT/timm/SAC-ViT backbone weights
     load into every stage (:func:`load_backbone_weights`, position embeddings resampled per stage),
-    the reuse layers staying at their zero initialisation."""
+    the reuse layers staying at their zero initialisation. Returns the last stage's parameters left
+    at their initialisation (``head.*`` when the head was skipped)."""
     state = read_state_dict(path)
     if any(k.startswith("stages.") for k in state):
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{path} does not match this DVT: {err}") from err
-        return
-    for stage in model.stages:
-        load_backbone_weights(stage, path)
+        return []
+    return [load_backbone_weights(stage, path, strict_head) for stage in model.stages][-1]
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -196,9 +198,7 @@ def _create(variant: str, model_cls: type[nn.Module], pretrained: bool, **kwargs
 
     def build(**model_kwargs: Any) -> nn.Module:
         model = model_cls(**model_kwargs)
-        if checkpoint and isinstance(model, DVT):
-            _load_dvt(model, checkpoint)
-        elif checkpoint:
+        if checkpoint:
             load_backbone_weights(model, checkpoint)
         return model
 
