@@ -1,6 +1,8 @@
 """Every help screen of the command line exits 0 with no traceback and shows an example."""
 
 import argparse
+import re
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,19 @@ def test_no_arguments_prints_the_overview_and_exits_0(capsys):
     out, err = capsys.readouterr()
     assert out.startswith("usage: sacvit") and "train" in out and "predict" in out
     assert not err
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+DURATION = re.compile(r"(?:~|about )?\d+(?:[.–]\d+)? (?:min|minutes|h)\b")
+
+
+@pytest.mark.parametrize("path", SUBCOMMANDS, ids=" ".join)
+def test_every_duration_in_a_help_is_the_readmes(path, capsys):
+    """A help screen quotes the README's measured durations, never a guess (``~2 h``)."""
+    out = _help([*path, "--help"], capsys)
+    for found in DURATION.finditer(out):
+        duration = found.group()
+        if "checkpoint" in out[max(0, found.start() - 60):found.start()]:
+            continue  # "--checkpoint-minutes", "every 20 minutes": settings, not durations
+        assert not duration.startswith(("~", "about")), f"`sacvit {' '.join(path)} --help`: {duration!r} is a guess"
+        assert duration in README, f"`sacvit {' '.join(path)} --help` says {duration!r}; the README does not"

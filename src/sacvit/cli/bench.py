@@ -92,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    metavar="METHOD=PATH", type=_member_checkpoint,
                    help="trained checkpoint of a predecessor's rows (repeatable; without it the row runs the "
                         "SAC-ViT's own weights), e.g. --member-checkpoint cfvit=runs/full/cfvit/last.safetensors")
-    g.add_argument("--thresholds", type=number_list(float), help="SAC-ViT exit thresholds η, e.g. --thresholds 0.6,0.76,0.9 "
+    g.add_argument("--thresholds", type=number_list(float, 0.0), help="SAC-ViT exit thresholds η, e.g. --thresholds 0.6,0.76,0.9 "
                                         "(default with --checkpoint: 0.6,0.76,0.9)")
     g.add_argument("--exit-share", dest="exit_shares", type=number_list(float),
                    help="force these shares of the bench images to exit at EE, e.g. --exit-share 0.77,0.5: "

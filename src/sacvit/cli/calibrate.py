@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
                        reference_checkpoint=args.reference_checkpoint, agreement=args.agreement,
                        exit_share=args.exit_share, batch_size=args.batch_size,
                        device=None if args.device == "auto" else args.device, write=not args.dry_run,
-                       check_names=not args.ignore_class_names)
+                       check_names=not args.ignore_class_names,
+                       log=None if args.json else lambda line: print(line, flush=True))
     if args.json:
         print(json.dumps({**result.choice.to_dict(), "stored": result.written}))
     else:

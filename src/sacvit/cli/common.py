@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any, Callable
 
-__all__ = ["HelpFormatter", "json_dict", "nonnegative", "number_list", "open_unit_interval", "positive", "thresholds",
-           "unit_interval"]
+__all__ = ["HelpFormatter", "checkpoint_eta", "json_dict", "nonnegative", "number_list", "open_unit_interval",
+           "positive", "thresholds", "unit_interval"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -41,10 +41,12 @@ def number_list(kind: Callable[[str], Any] = float, lo: float | None = None,
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-        if not values:
+        if not values or any(v != v for v in values):
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
         if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
-            raise argparse.ArgumentTypeError(f"values must be in [{lo}, {hi}], got {text!r}")
+            rule = f"in [{lo:g}, {hi:g}]" if lo is not None and hi is not None else \
+                f"≥ {lo:g}" if lo is not None else f"≤ {hi:g}"
+            raise argparse.ArgumentTypeError(f"values must be {rule}, got {text!r}")
         return values
 
     return parse
@@ -71,3 +73,13 @@ nonnegative = _bounded(lambda v: 0 <= v < float("inf"), "≥ 0")
 positive = _bounded(lambda v: 0 < v < float("inf"), "> 0")
 unit_interval = _bounded(lambda v: 0 <= v <= 1, "in [0, 1]")
 open_unit_interval = _bounded(lambda v: 0 < v < 1, "in (0, 1)")
+
+
+def checkpoint_eta(meta: Any) -> str:
+    """A checkpoint's default η for a summary line: ``η = 0.643 (calibrated)``.
+
+    ``meta`` is a :class:`~sacvit.meta.CheckpointMeta`."""
+    if meta.threshold is None:
+        return "no exit threshold (plain ViT)"
+    how = "calibrated" if meta.calibration else "not calibrated: the SACConfig default"
+    return f"η = {meta.threshold:.4g} ({how})"

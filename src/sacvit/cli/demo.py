@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..demo import PIPELINE_DOC, PRESETS, DemoConfig, run_demo
-from .common import HelpFormatter, json_dict, number_list
+from .common import HelpFormatter, json_dict, nonnegative, number_list
 
 __all__ = ["add_parser"]
 
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--sac", type=json_dict, default=d.sac,
       help="SACConfig overrides for SAC-ViT (the demo's window side 3 was chosen on held-out data), "
            "e.g. '{\"window\": 5}'")
-    a("--tolerance", type=float, default=d.tolerance,
+    a("--tolerance", type=nonnegative, default=d.tolerance,
       help="η = the cheapest threshold within this many points of the baseline's held-out top-1")
     a("--thresholds", type=number_list(float, 0.0, 1.0), default=list(d.thresholds),
       help="η sweep reported on the test split (the calibrated η is added)")

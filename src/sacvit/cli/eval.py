@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from .. import plots
-from ..data import DATASET_NAMES, SPLITS, build_dataset
-from ..data.classes import IGNORE_HINT, check_class_names, describe_data
+from ..data import DATASET_NAMES, SPLITS, build_dataset, recorded_source
+from ..data.classes import IGNORE_HINT, check_class_names, count_images, describe_data
+from ..devices import resolve_device
 from ..io.checkpoint import load_checkpoint, read_metadata
 from ..engine.evaluate import COLUMNS, DEFAULT_THRESHOLDS, evaluate
 from ..report import SWEEP_TABLE, format_table, write_csv
-from .common import HelpFormatter, thresholds
+from .common import HelpFormatter, checkpoint_eta, thresholds
 
 __all__ = ["add_parser"]
 
@@ -22,6 +23,7 @@ example:
 Writes OUT/results.csv, OUT/accuracy_vs_gmacs.png and OUT/per_stage.png and prints the table:
 one row per threshold, "EE only" (η=0), "SAC only" (η=1.01) and the baseline, with the 95%
 interval of each top-1, the exit share and the accuracy of the images that exit / go through SAC.
+--data, --data-dir and --seed default to what the checkpoint was trained on.
 """
 
 
@@ -39,11 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--thresholds", type=thresholds, default=None,
       help=f"comma-separated exit thresholds η (default: {','.join(map(str, DEFAULT_THRESHOLDS))} and the "
            f"checkpoint's calibrated η, if `sacvit calibrate` stored one)")
-    a("--data", choices=DATASET_NAMES, default="cluttered-fmnist", help="dataset")
-    a("--data-dir", default=None, help="dataset folder (default for Fashion-MNIST: the system copy)")
+    a("--data", choices=DATASET_NAMES, default=None, help="dataset (default: the checkpoint's training data)")
+    a("--data-dir", default=None,
+      help="dataset folder (default: the checkpoint's, for its training dataset; for Fashion-MNIST: the system copy)")
     a("--split", choices=SPLITS, default="test", help="split to evaluate on")
     a("--length", type=int, default=None, help="use only this many images of the split")
-    a("--seed", type=int, default=0, help="layout seed of generated data (use the training seed)")
+    a("--seed", type=int, default=None, help="layout seed of generated data (default: the training seed)")
     a("--batch-size", type=int, default=64, help="batch size")
     a("--workers", type=int, default=0, help="DataLoader workers")
     a("--timing-batches", type=int, default=8, help="batches timed per row for img/s (0: no timing)")
@@ -64,9 +67,10 @@ def _run(args: argparse.Namespace) -> int:
         read_metadata(args.baseline)
     model, _ = load_checkpoint(args.checkpoint)
     img_size = model.patch_embed.img_size[0]
-    dataset = build_dataset(args.data, args.data_dir, args.split, img_size, length=args.length, seed=args.seed)
+    data, data_dir, seed, holdout = recorded_source(meta.data, args.data, args.data_dir, args.seed)
+    dataset = build_dataset(data, data_dir, args.split, img_size, length=args.length, seed=seed, holdout=holdout)
+    described = describe_data(data, data_dir, args.split)
     if not args.ignore_class_names:  # by name, before the long passes
-        described = describe_data(args.data, args.data_dir, args.split)
         check_class_names(meta.class_names, dataset.classes, f"{args.checkpoint} vs {described}", IGNORE_HINT)
         if args.baseline:
             check_class_names(read_metadata(args.baseline).class_names, dataset.classes,
@@ -74,12 +78,19 @@ def _run(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     calibrated = meta.threshold if meta.calibration else None
     chosen = args.thresholds or sorted({*DEFAULT_THRESHOLDS, *([calibrated] if calibrated is not None else [])})
+    eta = checkpoint_eta(meta)
+    print(f"eval: {args.checkpoint} ({meta.model_name}, {len(meta.class_names)} classes, {eta})"
+          f"{' and baseline ' + args.baseline if args.baseline else ''}\n"
+          f"      on {described.removeprefix('--data ')}: {count_images(len(dataset))}, "
+          f"{len(chosen)} threshold{'s' if len(chosen) != 1 else ''}, device {resolve_device(args.device)}", flush=True)
     rows = evaluate(model, dataset, chosen, args.batch_size, args.baseline, device=device,
                     workers=args.workers, timing_batches=args.timing_batches, check_names=False)
     for r in rows:
         r["model"] = meta.model_name if r["mode"] != "baseline" else r["model"]
+    print(f"split: {args.split}, {count_images(len(dataset))} of {describe_data(data, data_dir).removeprefix('--data ')}, "
+          f"checkpoint {eta}")
     print(format_table(rows, SWEEP_TABLE))
-    title = f"{meta.model_name} on {args.data} ({args.split}, {len(dataset)} images)"
+    title = f"{meta.model_name} on {data} ({args.split}, {len(dataset)} images)"
     paths = [write_csv(f"{args.out}/results.csv", rows, COLUMNS),
              plots.accuracy_vs_gmacs(rows, f"{args.out}/accuracy_vs_gmacs.png", title, chosen=calibrated),
              plots.per_stage(rows, f"{args.out}/per_stage.png", title)]

@@ -12,7 +12,7 @@ __all__ = ["add_parser"]
 
 _EXAMPLES = """\
 examples:
-  sacvit standin --out runs/standin             # ~2 h on 2 CPU cores; resumable
+  sacvit standin --out runs/standin             # 102 min on 2 CPU cores (README); resumable
   sacvit standin --out runs/standin --install   # and replace the stand-in shipped in the package
   sacvit demo --standin runs/standin/standin.safetensors
 """

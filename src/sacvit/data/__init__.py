@@ -7,7 +7,7 @@ Every dataset built here has a ``classes`` list; ``num_classes = len(ds.classes)
 
 from __future__ import annotations
 
-from .build import DATASET_NAMES, SPLITS, build_dataset, default_holdout, default_img_size
+from .build import DATASET_NAMES, SPLITS, build_dataset, default_holdout, default_img_size, recorded_source
 from .classes import check_class_names
 from .cluttered import STYLES, ClutteredFashionMNIST, ClutterStyle, TensorImageDataset, content_boxes, materialize
 from .errors import DatasetNotFoundError
@@ -47,5 +47,6 @@ __all__ = [
     "load_fashion_mnist",
     "materialize",
     "read_idx",
+    "recorded_source",
     "synthetic_dataset",
 ]

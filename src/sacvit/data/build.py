@@ -16,17 +16,19 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .cluttered import ClutteredFashionMNIST, TensorImageDataset, materialize
+from .errors import DatasetNotFoundError
 from .fashion_mnist import DEFAULT_FMNIST_DIR, FashionMNIST, load_fashion_mnist
-from .imagefolder import build_imagefolder, unreadable
+from .imagefolder import build_imagefolder, imagefolder_hint, unreadable
 from .synthetic import synthetic_dataset
 
-__all__ = ["DATASET_NAMES", "SPLITS", "build_dataset", "default_holdout", "default_img_size"]
+__all__ = ["DATASET_NAMES", "SPLITS", "build_dataset", "default_holdout", "default_img_size", "recorded_source"]
 
 #: Every dataset name a command accepts.
 DATASET_NAMES = ("cluttered-fmnist", "cluttered-fmnist-v1", "fmnist", "imagefolder", "synthetic")
@@ -52,6 +54,26 @@ def default_holdout(n_train: int) -> int:
 def _check_name(name: str) -> None:
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
+def recorded_source(spec: Any, data: str | None = None, data_dir: Any = None,
+                    seed: int | None = None) -> tuple[str, Any, int, int | None]:
+    """The data to evaluate or calibrate a checkpoint on: what was asked, else what it was trained on.
+
+    Args:
+        spec: the checkpoint's :class:`~sacvit.meta.DataSpec` (``CheckpointMeta.data``), or ``None``.
+        data, data_dir, seed: what the user gave (``None``: not given).
+
+    Returns:
+        ``(data, data_dir, seed, holdout)``: ``data`` defaults to the recorded dataset (else
+        ``cluttered-fmnist``); the folder, seed and held-out count default to the recorded ones when
+        ``data`` is the recorded dataset (else the dataset's defaults: ``None``, 0, ``None``).
+    """
+    data = data or (spec.name if spec is not None else "cluttered-fmnist")
+    same = spec is not None and spec.name == data
+    data_dir = data_dir if data_dir is not None else (spec.folder if same else None)
+    seed = seed if seed is not None else (spec.seed if same else 0)
+    return data, data_dir, seed, spec.holdout if same else None
 
 
 def build_dataset(
@@ -90,7 +112,8 @@ def build_dataset(
 
     Raises:
         ValueError: unknown name or split, unusable data, an image folder split or class folder
-            without a readable image; DatasetNotFoundError: missing data.
+            without a readable image; DatasetNotFoundError: missing data (for Fashion-MNIST at a folder that
+            looks like an image folder, the message says to pass --data imagefolder).
     """
     _check_name(name)
     if split not in SPLITS:
@@ -106,14 +129,22 @@ def build_dataset(
         ds = _imagefolder(Path(root), split, size, is_training, holdout, length, seed, verify)
     else:
         root = root if root is not None else DEFAULT_FMNIST_DIR
-        hold = holdout
-        if hold is None:
-            hold = 0 if split == "test" else default_holdout(len(load_fashion_mnist(root, "train")[1]))
-        if name == "fmnist":
-            ds = FashionMNIST(root, split, img_size=size, holdout=hold, length=length)
-        else:
-            ds = ClutteredFashionMNIST(root, split, img_size=size, style=_STYLE[name], holdout=hold,
-                                       seed=seed, length=length)
+        try:
+            hold = holdout
+            if hold is None:
+                hold = 0 if split == "test" else default_holdout(len(load_fashion_mnist(root, "train")[1]))
+            if name == "fmnist":
+                ds = FashionMNIST(root, split, img_size=size, holdout=hold, length=length)
+            else:
+                ds = ClutteredFashionMNIST(root, split, img_size=size, style=_STYLE[name], holdout=hold,
+                                           seed=seed, length=length)
+        except DatasetNotFoundError as err:
+            hint = imagefolder_hint(root)
+            if hint is None:
+                raise
+            default = ", the default," if name == "cluttered-fmnist" else ""
+            raise DatasetNotFoundError(f"no Fashion-MNIST idx files in {root} (--data {name}{default} reads "
+                                       f"train-images-idx3-ubyte.gz and the other Fashion-MNIST files). {hint}") from err
     if len(ds) == 0:
         raise ValueError(f"dataset {name!r} split {split!r} at {root} has no images")
     if prerender and hasattr(ds, "raw"):

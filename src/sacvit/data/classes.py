@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["check_class_names", "describe_data", "IGNORE_HINT"]
+__all__ = ["check_class_names", "count_images", "describe_data", "IGNORE_HINT"]
 
 #: What the commands that have the escape hatch add to the message.
 IGNORE_HINT = "--ignore-class-names, or check_names=False in Python, matches classes by index instead"
@@ -22,6 +22,12 @@ _SHOWN = 4  # names listed per difference before "… and N more"
 def _names(names: Sequence[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:_SHOWN])
     return shown + (f" … and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def count_images(n: int, noun: str = "image") -> str:
+    """``10 000 images`` (groups of three digits, as the README writes counts; ``noun`` e.g.
+    ``"training image"``)."""
+    return f"{n:,}".replace(",", " ") + f" {noun}" + ("" if n == 1 else "s")
 
 
 def describe_data(name: str, root=None, split: str | None = None) -> str:

@@ -53,6 +53,31 @@ def is_image_file(path: str) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _has_class_folders(folder: Path) -> bool:
+    """Whether ``folder`` has a sub-folder holding an image file (an image folder's split)."""
+    try:
+        return any(sub.is_dir() and any(is_image_file(f.name) for f in sub.iterdir()) for sub in folder.iterdir())
+    except OSError:
+        return False
+
+
+def imagefolder_hint(root: str | Path) -> str | None:
+    """How to read ``root`` with ``--data imagefolder`` when it looks like an image folder (its
+    ``train/<class>/`` …, or one split's class folders); ``None`` otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    splits = [s for s in ("train", "val", "test") if _has_class_folders(root / s)]
+    if splits:
+        return (f"{root} looks like an image folder ({', '.join(s + '/<class>/' for s in splits)}): "
+                f"pass --data imagefolder --data-dir {root}")
+    if _has_class_folders(root):
+        parent = root.parent if root.name in ("train", "val", "test") else Path("DIR")
+        return (f"{root} holds class folders of images: pass --data imagefolder --data-dir {parent} "
+                f"(which holds train/<class>/ and val/<class>/)")
+    return None
+
+
 def check_image(path: str) -> str | None:
     """Why ``path`` cannot be used as an image, or ``None`` when it decodes to RGB.
 

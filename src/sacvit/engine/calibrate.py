@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .. import certify
 from ..cascade import certify_cascade
-from ..data import build_dataset
-from ..data.classes import IGNORE_HINT, check_class_names, describe_data
+from ..data import build_dataset, recorded_source
+from ..data.classes import IGNORE_HINT, check_class_names, count_images, describe_data
+from ..devices import resolve_device
 from ..io.checkpoint import load_checkpoint, read_metadata, update_metadata
 from ..model import SACViT
 from ..model.dvt import DVT
@@ -270,7 +271,8 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
               length: int | None = None, seed: int | None = None, budget_gmacs: float | None = None,
               max_drop: float | None = None, delta: float = 0.05, rule: str = "certified", test: str = "betting",
               reference_checkpoint=None, agreement: bool = False, exit_share: float | None = None,
-              batch_size: int = 64, device=None, write: bool = True, check_names: bool = True) -> Calibration:
+              batch_size: int = 64, device=None, write: bool = True, check_names: bool = True,
+              log: Callable[[str], Any] | None = None) -> Calibration:
     """Choose η on held-out images for one budget and store it in the checkpoint.
 
     One pass over the split gives both stages' predictions of every image
@@ -292,6 +294,8 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
         batch_size, device: of the evaluation pass.
         write: store η in the checkpoint (``False``: only report).
         check_names: refuse data whose ``classes`` are not the checkpoint's class names in order.
+        log: called with a one-line summary (checkpoint, η now, data, images, budget, device)
+            before the pass over the images (the command line prints it).
 
     Raises:
         ValueError: not a SAC-ViT checkpoint, more than one budget, class names that differ from
@@ -310,14 +314,11 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
     if cascade and max_drop is None:
         raise ValueError(f"{checkpoint} is a DVT cascade: calibrate it for an accuracy budget (--max-drop), "
                          f"the GMACs / exit-share budgets need two stages")
-    spec = meta.data
-    data = data or (spec.name if spec else "cluttered-fmnist")
-    data_dir = data_dir if data_dir is not None else (spec.folder if spec and spec.name == data else None)
-    seed = seed if seed is not None else (spec.seed if spec and spec.name == data else 0)
+    data, data_dir, seed, holdout = recorded_source(meta.data, data, data_dir, seed)
     source = {"data": data, "split": split, "seed": seed, "length": length}
     if dataset is None:
         dataset = build_dataset(data, data_dir, split, int(model.patch_embed.img_size[0]), length=length, seed=seed,
-                                holdout=spec.holdout if spec and spec.name == data else None)
+                                holdout=holdout)
         described = describe_data(data, data_dir, split)
     else:
         source = {"data": type(dataset).__name__}
@@ -327,6 +328,9 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
         check_class_names(meta.class_names, classes, f"{checkpoint} vs {described}", IGNORE_HINT)
     if classes is not None and len(classes) != model.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes, the calibration data {len(classes)}")
+    if log is not None:
+        log(_start_summary(checkpoint, meta, model, described, len(dataset), budget_gmacs, max_drop, exit_share,
+                           delta, rule, reference_checkpoint, agreement, device))
     records = (collect_cascade if cascade else collect)(model, dataset, batch_size, device)
     if max_drop is not None:
         reference = None
@@ -345,3 +349,18 @@ def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=Non
     written = bool(write) and store_threshold(checkpoint, choice, record)
     return Calibration(choice=choice, curve=None if cascade else curve(records), records=records, record=record,
                        written=written)
+
+
+def _start_summary(checkpoint, meta, model, described: str, n: int, budget_gmacs, max_drop, exit_share, delta: float,
+                   rule: str, reference_checkpoint, agreement: bool, device) -> str:
+    """``calibrate: CKPT (MODEL, K classes, η now 0.76) on DATA: N images; budget …; device cpu``."""
+    if max_drop is not None:
+        against = "agreement with SAC only" if agreement else \
+            str(reference_checkpoint) if reference_checkpoint is not None else "SAC only"
+        budget = f"--max-drop {max_drop:g} against {against}" + (f", δ = {delta:g}" if rule == "certified" else "") + \
+            f" ({rule})"
+    else:
+        budget = f"--budget-gmacs {budget_gmacs:g}" if budget_gmacs is not None else f"--exit-share {exit_share:g}"
+    return (f"calibrate: {checkpoint} ({meta.model_name}, {model.num_classes} classes, η now "
+            f"{meta.threshold:.4g}) on {described.removeprefix('--data ')}: {count_images(n)}; "
+            f"budget {budget}; device {resolve_device(device)}")

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.classes import count_images
 from ..io.train_state import RankState
 from .distributed import Dist, all_mean, rng_state, setup, teardown
 from .logs import append_json
@@ -250,6 +251,8 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
     try:
         check_config(cfg, d)
         run = start_run(cfg, d, train_set, val_set)
+        if d.main:
+            print(_start_summary(run, given=train_set is not None), flush=True)
         for epoch in range(run.start_epoch, cfg.epochs):
             ep = _begin_epoch(run, epoch)
             bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -270,6 +273,31 @@ def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset |
         return run.out / CHECKPOINT
     finally:
         teardown(d)
+
+
+def _start_summary(run: Run, given: bool = False) -> str:
+    """What a run is about to do, in two lines, before the first step (``given``: the datasets were
+    passed to :func:`train` instead of built from ``cfg.data``)."""
+    cfg, d, snap, classes = run.cfg, run.d, run.snap, run.classes
+    train_set, val_set = run.train_loader.dataset, run.val_loader.dataset
+    val_set = getattr(val_set, "dataset", val_set)  # the whole held-out set, not this rank's Subset
+    data = f"the given data ({type(train_set).__name__})" if given else \
+        cfg.data + (f" {cfg.data_dir}" if cfg.data_dir else "")
+    shown = ", ".join(classes[:4]) + (f", … ({len(classes)})" if len(classes) > 4 else "")
+    if snap is not None:
+        at = f"epoch {snap.epoch} done" if snap.batch == 0 else f"epoch {snap.epoch + 1}, batch {snap.batch}"
+        weights = f"resumed from {snap.folder} ({at})"
+    elif cfg.init:
+        weights = f"initialised from {cfg.init}"
+    else:
+        weights = f"random initialisation (seed {cfg.seed})"
+    where = f"{d.world} processes on {d.device.type}" if d.world > 1 else f"device {d.device}"
+    epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
+    return (f"train: {cfg.model} on {data}: {count_images(len(train_set), 'training image')}, "
+            f"{count_images(len(val_set), 'held-out image')}, "
+            f"{len(classes)} classes ({shown})\n"
+            f"       {weights}; {where}; {epochs} × {run.steps_per_epoch} steps of {cfg.batch_size}; "
+            f"writing {cfg.out_dir}")
 
 
 def _summary(r: dict[str, Any], epochs: int) -> str:

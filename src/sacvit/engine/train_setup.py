@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int,
         model = timm.create_model(cfg.model, **kwargs, **extra)
     except TypeError as err:
         raise ValueError(f"cannot create {cfg.model!r} with {kwargs}: {err}") from err
+    except ValueError as err:
+        raise ValueError(_window_hint(str(err), dict(cfg.sac))) from err
     if cfg.init:
         from ..model import load_backbone_weights
 
@@ -77,6 +80,21 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int,
     if isinstance(model, DVT):  # the cascade's configuration (and later its η) travels in the kwargs
         kwargs["dvt"] = model.dvt_cfg.to_dict()
     return model, kwargs
+
+
+def _window_hint(message: str, sac: dict[str, Any]) -> str:
+    """A window that does not fit the EE grid (:class:`~sacvit.model.policy.ClusterPolicy`'s
+    message), with the ``--sac`` value or the ``--img-size`` that fixes it; other messages as they are."""
+    grid = re.search(r"fits? the (\d+)×(\d+) EE grid", message)
+    if grid is None:
+        return message
+    largest = min(int(grid[1]), int(grid[2]))
+    if message.startswith("no adaptive window size"):
+        return f"{message}: pass --sac with \"adaptive_sizes\" of at most {largest}, or a larger --img-size"
+    fix = json.dumps({**sac, "window": largest})
+    if "window" not in sac:
+        message = message.replace(" does not fit", " (the default) does not fit", 1)
+    return f"{message}: pass --sac '{fix}' (the largest window that fits; the demo uses 3) or a larger --img-size"
 
 
 def _recorded_class_names(path: str) -> list[str] | None:
