@@ -33,7 +33,7 @@ def tiny_sacvit(head_scale: float = 25.0, **sac) -> torch.nn.Module:
 def save_tiny(path: Path, model: torch.nn.Module | None = None, data: str = "synthetic") -> Path:
     """A checkpoint of :func:`tiny_sacvit` with the synthetic data's preprocessing."""
     model = model if model is not None else tiny_sacvit()
-    return save_checkpoint(path, model, CheckpointMeta(model_name=NAME, model_kwargs=KW, sac_config=model.sac_cfg,
+    return save_checkpoint(path, model, CheckpointMeta(model_name=NAME, model_kwargs=KW, sac_config=model.sac_config,
                                                 class_names=CLASSES, epoch=1,
                                                 preprocess=preprocess_for(data, 32).to_dict()))
 

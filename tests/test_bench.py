@@ -236,7 +236,7 @@ def test_checkpoints_and_dataset_give_top1(tmp_path):
 
     classes = list(FASHION_MNIST_CLASSES)  # the data's class names: bench compares them by name
     checkpoint.save_checkpoint(tmp_path / "sac.safetensors", sac, checkpoint.CheckpointMeta(
-        model_name="sacvit_demo_patch8_112", model_kwargs=kw, sac_config=sac.sac_cfg, class_names=classes))
+        model_name="sacvit_demo_patch8_112", model_kwargs=kw, sac_config=sac.sac_config, class_names=classes))
     checkpoint.save_checkpoint(tmp_path / "deit.safetensors", plain, checkpoint.CheckpointMeta(
         model_name="deit_demo_patch8_112", model_kwargs=kw, class_names=classes))
     out = tmp_path / "out"

@@ -94,7 +94,7 @@ def test_eval_refuses_a_renamed_class_folder(ckpt, tmp_path, capsys):
 def test_eval_refuses_the_same_classes_in_another_order(tmp_path, capsys):
     model = tiny_sacvit()
     ckpt = save_checkpoint(tmp_path / "swapped.safetensors", model, CheckpointMeta(
-        model_name=NAME, model_kwargs=KW, sac_config=model.sac_cfg, class_names=[CLASSES[1], CLASSES[0], *CLASSES[2:]],
+        model_name=NAME, model_kwargs=KW, sac_config=model.sac_config, class_names=[CLASSES[1], CLASSES[0], *CLASSES[2:]],
         epoch=1, preprocess=preprocess_for("imagefolder", 32).to_dict()))
     data = _folder(tmp_path / "data", CLASSES)
     rc, _, err = _cli(capsys, *_eval(ckpt, data, tmp_path))

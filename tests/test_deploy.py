@@ -108,7 +108,7 @@ def test_from_pretrained_rebuilds_everything(ckpt):
     pretrained = sacvit.from_pretrained(ckpt)
     model = pretrained.model
     ref = tiny_sacvit()
-    assert not model.training and pretrained.threshold == model.sac_cfg.threshold == 0.61
+    assert not model.training and pretrained.threshold == model.sac_config.threshold == 0.61
     assert list(pretrained.class_names) == list(CLASSES) and pretrained.meta.path == str(ckpt)
     assert pretrained.preprocess == preprocess_for("synthetic", 32)
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and model.pretrained_cfg["input_size"] == (3, 32, 32)

@@ -51,7 +51,7 @@ def tiny_cfg(out: Path, **kw) -> TrainConfig:
 def save_tiny(path: Path, name: str = SAC_NAME) -> torch.nn.Module:
     model = tiny_model(name)
     save_checkpoint(path, model, CheckpointMeta(model_name=name, model_kwargs={**KW, "num_classes": 4},
-                                                sac_config=getattr(model, "sac_cfg", None), class_names=list("abcd"),
+                                                sac_config=getattr(model, "sac_config", None), class_names=list("abcd"),
                                                 epoch=3, metrics={"val_top1": 50.0}))
     return model
 
@@ -66,23 +66,23 @@ def test_checkpoint_round_trip(tmp_path):
     model = tiny_model()
     data = DataSpec(name="synthetic", folder=None, seed=3, holdout=8, image_size=32)
     save_checkpoint(path, model, CheckpointMeta(model_name=SAC_NAME, model_kwargs={**KW, "num_classes": 4},
-                                                sac_config=model.sac_cfg, class_names=list("abcd"), epoch=3,
+                                                sac_config=model.sac_config, class_names=list("abcd"), epoch=3,
                                                 metrics={"val_top1_sac": 12.5}, data=data))
     loaded, meta = load_checkpoint(path, expected_model=SAC_NAME)
-    assert type(loaded) is type(model) and loaded.sac_cfg == model.sac_cfg
+    assert type(loaded) is type(model) and loaded.sac_config == model.sac_config
     own = model.state_dict()
     assert loaded.state_dict().keys() == own.keys()
     assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
     assert meta.class_names == tuple("abcd") and meta.epoch == 3 and meta.data == data
     assert meta.metrics == {"val_top1_sac": 12.5} and meta.model_kwargs["embed_dim"] == 32
-    assert meta.sac_config == model.sac_cfg and meta.threshold == model.sac_cfg.threshold
+    assert meta.sac_config == model.sac_config and meta.threshold == model.sac_config.threshold
 
 
 def test_plain_checkpoint_round_trip(tmp_path):
     path = tmp_path / "plain.safetensors"
     model = save_tiny(path, PLAIN_NAME)
     loaded, meta = load_checkpoint(path)
-    assert meta.sac_config is None and meta.threshold is None and not hasattr(loaded, "sac_cfg")
+    assert meta.sac_config is None and meta.threshold is None and not hasattr(loaded, "sac_config")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
 

@@ -86,7 +86,7 @@ def test_onnx_runtime_matches_pytorch(exported, x):
             stages.update(ref.stage.tolist())
     assert stages == {0, 1}
     assert runtime.class_names == model.class_names and runtime.preprocess == model.preprocess
-    assert runtime.sac_cfg == model.model.sac_cfg and runtime.threshold == model.threshold
+    assert runtime.sac_config == model.model.sac_config and runtime.threshold == model.threshold
     assert_same(model.predict(x), runtime.predict(x.numpy()), 1e-4)  # default η, NumPy input
 
 
@@ -131,6 +131,6 @@ def test_the_exit_score_travels_with_the_export(tmp_path, x):
     model = sacvit.from_pretrained(path)
     export_onnx(model, tmp_path / "onnx")
     runtime = OnnxSACViT(tmp_path / "onnx", threads=1)
-    assert runtime.sac_cfg.exit_score == "margin"
+    assert runtime.sac_config.exit_score == "margin"
     for thr in (0.2, 0.5):
         assert_same(model.predict(x, thr), runtime.predict(x, thr), 1e-4)

@@ -30,13 +30,13 @@ def test_registry_lists_each_member_with_a_demo_variant():
 
 def test_defaults_are_the_papers_selection_and_user_fields_override_one_by_one():
     cf = timm.create_model("cfvit_demo_patch8_112")
-    assert (cf.sac_cfg.window, cf.sac_cfg.alpha, cf.sac_cfg.alpha_whole_grid, cf.sac_cfg.attention) == (7, 0.5, True, "full")
+    assert (cf.sac_config.window, cf.sac_config.alpha, cf.sac_config.alpha_whole_grid, cf.sac_config.attention) == (7, 0.5, True, "full")
     assert cf.policy.counts() == (4 * 25, 49 - 25)  # 25 of 49 coarse tokens refined into 100 fine ones
     lf = timm.create_model("lfvit_demo_patch8_112", sac={"threshold": 0.5})
-    assert (lf.sac_cfg.window, lf.sac_cfg.alpha, lf.sac_cfg.attention, lf.sac_cfg.threshold) == (5, 0.88, "full", 0.5)
+    assert (lf.sac_config.window, lf.sac_config.alpha, lf.sac_config.attention, lf.sac_config.threshold) == (5, 0.88, "full", 0.5)
     assert lf.policy.counts() == (4 * 22, 49 - 22)
     sac = timm.create_model("sacvit_demo_patch8_112")
-    assert sac.sac_cfg == SACConfig()  # SAC-ViT's own defaults are untouched
+    assert sac.sac_config == SACConfig()  # SAC-ViT's own defaults are untouched
 
 
 def test_cfvit_selects_the_top_tokens_anywhere_on_the_grid_and_reembeds_their_2x2_patches():

@@ -87,7 +87,7 @@ def checkpoint(tmp_path_factory) -> bytes:
     model = timm.create_model("sacvit_demo_patch8_112", sac={"window": 1, "gca_start": 0}, **KW)
     path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
     save_checkpoint(path, model, CheckpointMeta(model_name="sacvit_demo_patch8_112", model_kwargs=KW,
-                                                sac_config=model.sac_cfg, class_names=["a", "b"], epoch=1,
+                                                sac_config=model.sac_config, class_names=["a", "b"], epoch=1,
                                                 metrics={"val_top1": 50.0}))
     return path.read_bytes()
 

@@ -57,7 +57,7 @@ def test_gca_equals_a_per_block_ema_of_the_cls_attention(tiny, images):
     matrix from its qkv weights, and accumulate ``g = β·g + (1−β)·a_l`` block by block."""
     ref = _plain(tiny, 16)
     x_ee = F.interpolate(images, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
-    beta, start = tiny.sac_cfg.gca_beta, tiny.gca_start
+    beta, start = tiny.sac_config.gca_beta, tiny.gca_start
     with torch.no_grad():
         z = ref.norm_pre(ref._pos_embed(ref.patch_embed(x_ee)))
         g = torch.zeros(6, 16)
@@ -149,7 +149,7 @@ def test_eval_forward_keeps_autograd_and_predict_does_not(tiny, images):
     x = images.clone().requires_grad_(True)
     with torch.no_grad():
         conf = tiny.forward_ee(images).logits.softmax(-1).amax(-1)
-    tiny.sac_cfg.threshold = float(conf.median())  # some images exit, some go through SAC
+    tiny.sac_config.threshold = float(conf.median())  # some images exit, some go through SAC
     out = tiny(x)
     assert out.requires_grad
     out[:, 0].sum().backward()

@@ -27,7 +27,7 @@ def workdir(tmp_path_factory):
     for name, model in (("sacvit", "sacvit_demo_patch8_112"), ("baseline", "deit_demo_patch8_112")):
         net = timm.create_model(model)
         save_checkpoint(d / "runs" / "demo" / name / "last.safetensors", net, CheckpointMeta(
-            model_name=model, sac_config=getattr(net, "sac_cfg", None), class_names=[f"c{i}" for i in range(10)]))
+            model_name=model, sac_config=getattr(net, "sac_config", None), class_names=[f"c{i}" for i in range(10)]))
     return d
 
 

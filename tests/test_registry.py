@@ -96,11 +96,11 @@ def test_timm_create_model_restores_a_trained_checkpoints_sac_config(tmp_path):
     ref = sacvit.from_pretrained(ckpt).model
     for kwargs in (dict(checkpoint=str(ckpt)), dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)))):
         model = timm.create_model(NAME, **KW, **kwargs).eval()
-        assert model.sac_cfg == ref.sac_cfg and model.sac_cfg.window == 3 and model.sac_cfg.threshold == 0.451
+        assert model.sac_config == ref.sac_config and model.sac_config.window == 3 and model.sac_config.threshold == 0.451
         x = torch.randn(2, 3, 32, 32)
         assert torch.equal(model.predict(x).logits, ref.predict(x).logits)
     same = timm.create_model(NAME, **KW, checkpoint=str(ckpt), sac={"window": 3})  # repeating it is fine
-    assert same.sac_cfg == ref.sac_cfg
+    assert same.sac_config == ref.sac_config
     with pytest.raises(ValueError, match="from_pretrained") as err:
         timm.create_model(NAME, **KW, checkpoint=str(ckpt), sac={"window": 2})
     assert "window: stored 3, asked 2" in str(err.value)

@@ -219,7 +219,7 @@ def test_forward_features_and_head_are_the_sac_stage():
         t, m = model.policy.counts()
         assert feats.shape == (3, 1 + t + m, model.embed_dim)
         assert torch.allclose(model.forward_head(feats), model.predict(x, 2.0).logits, atol=1e-5)
-        assert torch.allclose(model.forward_head(feats), model(x) if model.sac_cfg.threshold > 1 else
+        assert torch.allclose(model.forward_head(feats), model(x) if model.sac_config.threshold > 1 else
                               model.predict(x, 1.01).logits, atol=1e-5)
         assert not torch.allclose(model.forward_head(feats), model.forward_backbone(x), atol=1e-3)
     with pytest.raises(ValueError, match="attn_mask"):

@@ -66,7 +66,7 @@ class OnnxSACViT:
         providers: onnxruntime execution providers (default: CPU).
 
     Attributes:
-        sac_cfg: the SAC-ViT configuration (``sac_cfg.threshold`` is the default η).
+        sac_config: the SAC-ViT configuration (``sac_config.threshold`` is the default η).
         class_names: class names, index = class id.
         preprocess: the evaluation :class:`~sacvit.data.preprocess.Preprocess` (or ``None``).
         geometry: the :class:`~sacvit.model.stages.StageGeometry` (shapes, window, GMACs per stage).
@@ -90,7 +90,7 @@ class OnnxSACViT:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: not a '{FORMAT}' export (format {meta.get('format')!r})")
         self.meta = meta
-        self.sac_cfg = SACConfig.from_dict(meta["sac_config"])
+        self.sac_config = SACConfig.from_dict(meta["sac_config"])
         self.class_names = tuple(meta["class_names"])
         self.preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
         self.geometry = StageGeometry.from_dict(meta["geometry"])
@@ -114,20 +114,20 @@ class OnnxSACViT:
     @property
     def threshold(self) -> float:
         """The default exit threshold η (the calibrated one, when the checkpoint was calibrated)."""
-        return self.sac_cfg.threshold
+        return self.sac_config.threshold
 
     def predict(self, x: Tensor | np.ndarray, threshold: float | None = None) -> Prediction:
         """As :meth:`SACViT.predict`: images whose EE confidence is ≥ η exit, the rest go through SAC.
 
         Args:
             x: ``(B, C, H, W)`` float32 images (a tensor on any device, or a NumPy array).
-            threshold: exit threshold η (default: ``sac_cfg.threshold``).
+            threshold: exit threshold η (default: ``sac_config.threshold``).
 
         Returns:
             A :class:`~sacvit.model.outputs.Prediction` of CPU tensors.
         """
         x = torch.as_tensor(x).detach().cpu().float()
-        thr = self.sac_cfg.threshold if threshold is None else float(threshold)
+        thr = self.sac_config.threshold if threshold is None else float(threshold)
         return staged_predict(self._run_ee, self._run_sac, x, thr, self.geometry)
 
     def __call__(self, x: Tensor | np.ndarray) -> Tensor:

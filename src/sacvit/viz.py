@@ -104,7 +104,7 @@ def plot_clusters(
         ok = labels is None or int(labels[i]) == int(classes[i])
         ax.set_title(f"EE {confidence[i]:.2f} · {where}\n{name(int(classes[i]))}{truth}", fontsize=8,
                      color="black" if ok else "red")
-    eta = model.sac_cfg.threshold if threshold is None else threshold
+    eta = model.sac_config.threshold if threshold is None else threshold
     fig.suptitle(f"target window (box) and non-target region (shaded), η={eta:g}", fontsize=9)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ class Evidence:
             return StageRecords.load(path)
         model, _ = load_checkpoint(ckpt)
         if changes:
-            model.sac_cfg = dataclasses.replace(model.sac_cfg, **changes)
+            model.sac_config = dataclasses.replace(model.sac_config, **changes)
         torch.manual_seed(self.seed)  # the random window policy draws from the global generator
         records = collect(model, self.datasets[split])
         records.save(path)

@@ -87,7 +87,7 @@ def export_onnx(model: nn.Module | Pretrained, out_dir: str | Path, *, class_nam
     info = {
         "format": FORMAT,
         "model_name": model_name or (meta.model_name if meta else type(model).__name__),
-        "sac_config": model.sac_cfg.to_dict(),
+        "sac_config": model.sac_config.to_dict(),
         "geometry": geo.to_dict(),
         "class_names": list(names) if names is not None else [str(i) for i in range(model.num_classes)],
         "preprocess": pre.to_dict() if hasattr(pre, "to_dict") else pre,

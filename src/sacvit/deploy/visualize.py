@@ -24,7 +24,7 @@ def panels(pretrained: Pretrained, x: torch.Tensor, titles: Sequence[str],
     the SAC stage would have used (drawn dashed).
     """
     model = pretrained.model
-    thr = model.sac_cfg.threshold if threshold is None else float(threshold)
+    thr = model.sac_config.threshold if threshold is None else float(threshold)
     pred = model.predict(x, thr)
     ee = model.forward_ee(x)
     B = x.shape[0]

@@ -118,15 +118,15 @@ class ResumableSampler(Sampler):
         return len(self.sampler) - self.skip
 
 
-def check_resumed_sac(sac_cfg: SACConfig, sac: dict[str, Any], ckpt: Path) -> None:
+def check_resumed_sac(sac_config: SACConfig, sac: dict[str, Any], ckpt: Path) -> None:
     """On resume the checkpoint defines the model: ``--sac`` (``sac``) may only repeat its values.
 
     Raises:
         ValueError: ``sac`` changes the SAC configuration of checkpoint ``ckpt``.
     """
-    wanted = SACConfig.from_dict({**sac_cfg.to_dict(), **sac})
-    if wanted != sac_cfg:
-        changed = {k: v for k, v in sac.items() if getattr(sac_cfg, k) != getattr(wanted, k)}
+    wanted = SACConfig.from_dict({**sac_config.to_dict(), **sac})
+    if wanted != sac_config:
+        changed = {k: v for k, v in sac.items() if getattr(sac_config, k) != getattr(wanted, k)}
         raise ValueError(f"{ckpt} was trained with a different SAC configuration than --sac {changed}")
 
 

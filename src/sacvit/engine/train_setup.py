@@ -301,9 +301,9 @@ def start_run(cfg: TrainConfig, d: Dist, train_set: Dataset | None, val_set: Dat
     seed_everything(cfg.seed + d.rank)  # rank 0 = the single-process initialisation; DDP broadcasts it
     model, model_kwargs = _model(cfg, d, out, snap, classes, img_size)
     is_sac = isinstance(model, SACViT)
-    sac_cfg = model.sac_cfg if is_sac else None
+    sac_config = model.sac_config if is_sac else None
     if snap is not None and is_sac:
-        check_resumed_sac(sac_cfg, cfg.sac, snap.folder)
+        check_resumed_sac(sac_config, cfg.sac, snap.folder)
     ema = _ema(cfg, model, snap)
     optimizer, scheduler, amp, scaler, total_steps = _optimisation(cfg, model, d, steps_per_epoch)
     start_epoch = snap.epoch if snap is not None else 0
@@ -315,7 +315,7 @@ def start_run(cfg: TrainConfig, d: Dist, train_set: Dataset | None, val_set: Dat
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model,
                                                   device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    meta = CheckpointMeta(model_name=cfg.model, model_kwargs=model_kwargs, sac_config=sac_cfg, class_names=classes,
+    meta = CheckpointMeta(model_name=cfg.model, model_kwargs=model_kwargs, sac_config=sac_config, class_names=classes,
                           preprocess=preprocess_for(cfg.data, img_size).to_dict(),
                           data=DataSpec(name=cfg.data, folder=cfg.data_dir, seed=cfg.seed, holdout=cfg.holdout,
                                         image_size=img_size))

@@ -23,7 +23,7 @@ def gmacs_sac(model: Any, n_target: int, n_non_target: int) -> float:
     non-target tokens."""
     d = model.embed_dim
     macs = flops.patch_embed_macs(n_target, model.patch_size, d, model.patch_embed.proj.in_channels)
-    block = flops.sac_block_macs if model.sac_cfg.attention == "cluster" else flops.sac_block_macs_full
+    block = flops.sac_block_macs if model.sac_config.attention == "cluster" else flops.sac_block_macs_full
     macs += len(model.blocks) * block(n_target, n_non_target, d, timm_ops.mlp_ratio(model.blocks[0]))
     macs += d * model.num_classes
     if model.reuse is not None:

@@ -78,15 +78,15 @@ class SACViT(VisionTransformer):
 
     def __init__(self, sac: SACConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sac_cfg = sac if isinstance(sac, SACConfig) else SACConfig.from_dict({**self.DEFAULT_SAC, **(sac or {})})
+        self.sac_config = sac if isinstance(sac, SACConfig) else SACConfig.from_dict({**self.DEFAULT_SAC, **(sac or {})})
         if self.cls_token is None or self.global_pool != "token" or self.num_reg_tokens:
             raise ValueError("SACViT needs a class token, global_pool='token' and no register tokens")
         if self.no_embed_class or self.dynamic_img_size or not isinstance(self.patch_drop, nn.Identity):
             raise ValueError("SACViT does not support no_embed_class, dynamic_img_size or patch_drop")
         check_blocks(self.blocks)
         self.patch_size: int = self.patch_embed.patch_size[0]
-        self.ee_grid = ClusterPolicy.for_image(self.sac_cfg, self.patch_embed.img_size, self.patch_size).grid
-        cfg = self.sac_cfg
+        self.ee_grid = ClusterPolicy.for_image(self.sac_config, self.patch_embed.img_size, self.patch_size).grid
+        cfg = self.sac_config
         depth = len(self.blocks)
         self.gca_start: int = depth // 4 if cfg.gca_start is None else cfg.gca_start
         if self.gca_start >= depth:
@@ -100,9 +100,9 @@ class SACViT(VisionTransformer):
     # ------------------------------------------------------------------ geometry (timm setters)
     @property
     def policy(self) -> ClusterPolicy:
-        """The :class:`~.policy.ClusterPolicy` of ``sac_cfg`` on the EE grid (read at each use, so a
-        replaced or edited ``sac_cfg`` takes effect)."""
-        return ClusterPolicy.from_config(self.sac_cfg, self.ee_grid, self.patch_size)
+        """The :class:`~.policy.ClusterPolicy` of ``sac_config`` on the EE grid (read at each use, so a
+        replaced or edited ``sac_config`` takes effect)."""
+        return ClusterPolicy.from_config(self.sac_config, self.ee_grid, self.patch_size)
 
     def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
         """timm's ``set_input_size``, keeping the EE grid and every derived value consistent.
@@ -115,7 +115,7 @@ class SACViT(VisionTransformer):
         patch = pair(patch_size) if patch_size is not None else tuple(self.patch_embed.patch_size)
         if patch[0] != patch[1]:
             raise ValueError(f"SACViT needs square patches, got {patch}")
-        ee_grid = ClusterPolicy.for_image(self.sac_cfg, size, patch[0]).grid  # validates before any change
+        ee_grid = ClusterPolicy.for_image(self.sac_config, size, patch[0]).grid  # validates before any change
         super().set_input_size(img_size=img_size, patch_size=patch_size)
         self.ee_grid, self.patch_size = ee_grid, patch[0]
         self.clear_cache()
@@ -231,7 +231,7 @@ class SACViT(VisionTransformer):
         unrolled, ``g = Σ_l (1−β)·β^(L−1−l)·a_l`` — one softmax, mean and weighted sum for all
         blocks at once. The weights are made on the device (no tensor from Python data).
         """
-        beta = self.sac_cfg.gca_beta
+        beta = self.sac_config.gca_beta
         a = torch.stack(rows).detach().float().softmax(dim=-1).mean(dim=2)[..., 1:]  # (L, B, n)
         powers = torch.arange(len(rows) - 1, -1, -1, device=a.device, dtype=a.dtype)
         return torch.tensordot((1 - beta) * torch.pow(beta, powers), a, dims=1)
@@ -275,14 +275,14 @@ class SACViT(VisionTransformer):
         non_target = gather_tokens(ee.embed, clusters.non_target)
         if reused is not None:
             target = target + gather_tokens(reused, clusters.parent)
-            if self.sac_cfg.reuse_non_target:
+            if self.sac_config.reuse_non_target:
                 non_target = non_target + gather_tokens(reused, clusters.non_target)
         cls = self._cls(target.shape[0], target.dtype)
         return self.norm_pre(self.pos_drop(torch.cat([target, cls, non_target], dim=1)))
 
     def sac_blocks(self, z: Tensor, n_target: int) -> Tensor:
         """The shared blocks with cluster attention on a ``[target, CLS, non-target]`` sequence."""
-        within = self.sac_cfg.attention == "cluster"
+        within = self.sac_config.attention == "cluster"
         for blk in self.blocks:
             if self._checkpointing():
                 z = checkpoint(cluster_block, blk, z, n_target, within, use_reentrant=False)
@@ -314,8 +314,8 @@ class SACViT(VisionTransformer):
         return logits, gmacs, boxes
 
     def exit_confidence(self, logits: Tensor) -> Tensor:
-        """``(B,)`` the exit score of EE logits (``sac_cfg.exit_score``; η is compared with it)."""
-        return exit_score(logits, self.sac_cfg.exit_score, self.sac_cfg.exit_temperature)
+        """``(B,)`` the exit score of EE logits (``sac_config.exit_score``; η is compared with it)."""
+        return exit_score(logits, self.sac_config.exit_score, self.sac_config.exit_temperature)
 
     def target_selection(self, ee: EEOutput) -> tuple[Tensor, Tensor]:
         """What the SAC stage selects for each image of ``ee`` (whether it exits or not): the
@@ -327,7 +327,7 @@ class SACViT(VisionTransformer):
         """Training: the tuple ``(logits_ee, logits_sac)``, both ``(B, C)``, every image through
         both stages (the input of :func:`~sacvit.engine.loss.sac_loss`). Eval: adaptive logits.
 
-        In eval mode the result is :meth:`predict`'s logits at ``sac_cfg.threshold``, but autograd
+        In eval mode the result is :meth:`predict`'s logits at ``sac_config.threshold``, but autograd
         is kept when gradients are enabled (Grad-CAM, adversarial evaluation, distillation).
         Without a classifier (``num_classes=0``) there is no exit rule: eval returns the SAC
         stage's pooled features of every image.
@@ -341,7 +341,7 @@ class SACViT(VisionTransformer):
             if self.num_classes == 0:
                 self.check_input(x)
                 return self._sac_buckets(x, self.forward_ee(x))[0]
-            return self._adaptive(x, self.sac_cfg.threshold).logits
+            return self._adaptive(x, self.sac_config.threshold).logits
         self._check_shape(x)
         if self.finite_check_in_training and x.is_floating_point() and bool(nonfinite(x)):
             raise ValueError("input contains NaN or infinite values")
@@ -358,7 +358,7 @@ class SACViT(VisionTransformer):
 
         Args:
             x: ``(B, C, H, W)`` images.
-            threshold: exit threshold η (default: ``sac_cfg.threshold``). 0 exits every image at
+            threshold: exit threshold η (default: ``sac_config.threshold``). 0 exits every image at
                 EE; a value above 1 sends every image through SAC.
 
         Raises:
@@ -372,7 +372,7 @@ class SACViT(VisionTransformer):
         if self.num_classes == 0:
             raise ValueError("predict needs a classifier (the model has num_classes=0): the exit rule "
                              "reads the EE class probabilities; use model(x) for SAC features")
-        return self._adaptive(x, self.sac_cfg.threshold if threshold is None else float(threshold))
+        return self._adaptive(x, self.sac_config.threshold if threshold is None else float(threshold))
 
     def _adaptive(self, x: Tensor, threshold: float) -> Prediction:
         """:meth:`predict`'s computation, differentiable when gradients are enabled."""

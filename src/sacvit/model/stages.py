@@ -186,7 +186,7 @@ class CompiledSACViT:
     @torch.no_grad()
     def predict(self, x: Tensor, threshold: float | None = None) -> Prediction:
         """As :meth:`SACViT.predict`."""
-        thr = self.model.sac_cfg.threshold if threshold is None else float(threshold)
+        thr = self.model.sac_config.threshold if threshold is None else float(threshold)
         return staged_predict(self.ee, self.sac, x, thr, self.geometry)
 
     def __call__(self, x: Tensor) -> Tensor:
