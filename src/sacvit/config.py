@@ -64,6 +64,25 @@ def _describe(hint: Any) -> str:
     return "None" if hint is type(None) else f"{'an' if hint is int else 'a'} {hint.__name__}"
 
 
+def _check_types(config: Any) -> None:
+    """``ConfigTypeError`` naming the first field of a config dataclass whose value has the wrong type."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _type_ok(value, hints[f.name]):
+            raise ConfigTypeError(f"{type(config).__name__}.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def _from_dict(cls: type, d: Any) -> Any:
+    """``cls(**d)`` for a config dataclass, refusing a non-dict or unknown keys with a clear message."""
+    if not isinstance(d, dict):
+        raise ConfigTypeError(f"a {cls.__name__} must be a JSON object / dict, got {type(d).__name__}")
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**d)
+
+
 @dataclass
 class SACConfig:
     """Configuration of the SAC-ViT method on top of a ViT backbone.
@@ -115,11 +134,7 @@ class SACConfig:
     exit_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _type_ok(value, hints[f.name]):
-                raise ConfigTypeError(f"SACConfig.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+        _check_types(self)
         self.adaptive_sizes = tuple(int(s) for s in self.adaptive_sizes)
         checks = [
             (self.ee_scale >= 1, f"ee_scale must be ≥ 1, got {self.ee_scale}"),
@@ -157,13 +172,7 @@ class SACConfig:
             ValueError: unknown keys or a value out of range.
             ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
         """
-        if not isinstance(d, dict):
-            raise ConfigTypeError(f"a SACConfig must be a JSON object / dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown SACConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
 
 @dataclass
@@ -190,11 +199,7 @@ class DVTConfig:
     reuse_mlp_ratio: float = 1.0
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _type_ok(value, hints[f.name]):
-                raise ConfigTypeError(f"DVTConfig.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+        _check_types(self)
         self.grids = tuple(int(g) for g in self.grids)
         g = self.grids
         checks = [
@@ -222,9 +227,4 @@ class DVTConfig:
             ValueError: unknown keys or a value out of range.
             ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
         """
-        if not isinstance(d, dict):
-            raise ConfigTypeError(f"a DVTConfig must be a JSON object / dict, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DVTConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d)

@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import flops, timm_ops
 from ..config import DVTConfig
-from .inputs import check_batch, nonfinite
+from .inputs import check_batch, check_input, nonfinite
 from .outputs import Prediction
 from .reuse import FeatureReuse
 
@@ -178,9 +178,7 @@ class DVT(nn.Module):
     # ------------------------------------------------------------------ input checks
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the problem if ``x`` is not a batch this model can run."""
-        self._check_shape(x)
-        if x.is_floating_point() and bool(nonfinite(x)):
-            raise ValueError("input contains NaN or infinite values")
+        check_input(x, self.patch_embed, self.patch_size)
 
     def _check_shape(self, x: Tensor) -> None:
         check_batch(x, self.patch_embed.proj.in_channels, tuple(self.patch_embed.img_size), self.patch_size)

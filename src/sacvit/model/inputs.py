@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_batch", "nonfinite"]
+__all__ = ["check_batch", "check_input", "nonfinite"]
 
 
 def check_batch(x: Tensor, in_chans: int, img_size: tuple[int, int], patch: int) -> None:
@@ -29,3 +29,10 @@ def nonfinite(x: Tensor) -> Tensor:
         return torch.zeros((), dtype=torch.bool, device=x.device)
     lo, hi = torch.aminmax(x)  # NaN propagates into both, ±inf shows in one
     return ~(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def check_input(x: Tensor, patch_embed, patch: int) -> None:
+    """Raise ``ValueError`` naming the problem unless ``x`` is a finite batch for ``patch_embed``."""
+    check_batch(x, patch_embed.proj.in_channels, tuple(patch_embed.img_size), patch)
+    if x.is_floating_point() and bool(nonfinite(x)):
+        raise ValueError("input contains NaN or infinite values")

@@ -36,7 +36,7 @@ from .attention import cluster_block, ee_block
 from .clustering import Clusters
 from .exit_loop import exit_loop
 from .exit_score import exit_score
-from .inputs import check_batch, nonfinite
+from .inputs import check_batch, check_input, nonfinite
 from .outputs import EEOutput, Prediction
 from .patches import gather_patches, gather_tokens
 from .policy import ClusterPolicy
@@ -165,9 +165,7 @@ class SACViT(VisionTransformer):
     # ------------------------------------------------------------------ input checks
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the problem if ``x`` is not a batch this model can run."""
-        self._check_shape(x)
-        if x.is_floating_point() and bool(nonfinite(x)):
-            raise ValueError("input contains NaN or infinite values")
+        check_input(x, self.patch_embed, self.patch_size)
 
     def _check_shape(self, x: Tensor) -> None:
         check_batch(x, self.patch_embed.proj.in_channels, tuple(self.patch_embed.img_size), self.patch_size)
