@@ -46,7 +46,7 @@ def write_idx(path: Path, arr: np.ndarray, compress: bool = True) -> Path:
 
 
 def write_fake_fmnist(root: Path, n_train: int = 160, n_test: int = 60, seed: int = 0,
-                      test_labels: np.ndarray | None = None) -> Path:
+                      test_labels: np.ndarray | None = None, train_labels: np.ndarray | None = None) -> Path:
     """Fashion-MNIST-shaped idx files: class ``c`` is a bright bar of width ``2 + 2c``."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -57,6 +57,8 @@ def write_fake_fmnist(root: Path, n_train: int = 160, n_test: int = 60, seed: in
             images[i, 4:24, 13 - c:15 + c] = 160 + rng.integers(0, 90)
         if prefix == "t10k" and test_labels is not None:
             labels = test_labels.astype(np.uint8)
+        if prefix == "train" and train_labels is not None:
+            labels = train_labels.astype(np.uint8)
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root

@@ -146,7 +146,7 @@ def test_train_says_what_it_trains_on_first(tmp_path, capsys):
                       "--out-dir", tmp_path / "run")
     assert rc == 0
     first, second = out.splitlines()[:2]
-    assert first == ("train: sacvit_demo_patch8_112 on synthetic: 32 training images, 16 held-out images, 4 classes "
+    assert first == ("train: sacvit_demo_patch8_112 on synthetic: 32 training images, 16 validation images, 4 classes "
                      "(level-0, level-1, level-2, level-3)")
     assert second.strip() == (f"random initialisation (seed 0); device cpu; 1 epoch × 2 steps of 16; "
                               f"writing {tmp_path / 'run'}")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import write_idx
+from sacvit.data.splits import POOL_SPLITS, pool_positions, pool_split_sizes
 from sacvit.data import (
     DATASET_NAMES,
     ClutteredFashionMNIST,
@@ -177,24 +178,45 @@ def test_clutter_comes_from_other_garments(tmp_path: Path) -> None:
     assert set(np.unique(raw).tolist()) == {0, 250}  # fragments of garment 1 only
 
 
+@pytest.mark.parametrize("n", [16, 20_000])
+def test_pool_splits_partition_the_pool(n: int) -> None:
+    """holdout / calibration / test: disjoint, together the whole pool, 20/40/40%, in random order."""
+    parts = {s: pool_positions(n, s) for s in POOL_SPLITS}
+    together = np.concatenate(list(parts.values()))
+    assert sorted(together.tolist()) == list(range(n))
+    assert {s: len(p) for s, p in parts.items()} == pool_split_sizes(n)
+    if n == 20_000:
+        assert pool_split_sizes(n) == {"holdout": 4000, "calibration": 8000, "test": 8000}
+        # a random partition: the test split is not one end of the pool (training tail or test images)
+        assert 0.4 < float(np.mean(parts["test"] < n // 2)) < 0.6
+    assert all(np.array_equal(p, pool_positions(n, s)) for s, p in parts.items())  # fixed
+    with pytest.raises(ValueError, match="pool"):
+        pool_positions(n, "train")
+
+
 def test_cluttered_splits_are_disjoint(fmnist_dir: Path) -> None:
-    """train and holdout come from disjoint training garments; test from the test images."""
+    """train is the first training garments; holdout, calibration and test partition the rest
+    of the training garments and the test garments."""
     kw = dict(img_size=64, canvas=64, scale=(24, 40), holdout=6)
-    test = ClutteredFashionMNIST(fmnist_dir, "test", **kw)
-    assert len(test) == 10 and [test[i][1] for i in range(10)] == list(range(9, -1, -1))
     train = ClutteredFashionMNIST(fmnist_dir, "train", **kw)
-    holdout = ClutteredFashionMNIST(fmnist_dir, "holdout", **kw)
-    assert len(train) == 14 and len(holdout) == 6
-    assert [train[i][1] for i in range(14)] == [i % 10 for i in range(14)]
-    assert [holdout[i][1] for i in range(6)] == [i % 10 for i in range(14, 20)]
-    assert not np.array_equal(test.raw(0), train.raw(0))
-    # holdout garment i is training image 14 + i, never one the train split shows
-    ref = ClutteredFashionMNIST(fmnist_dir, "train", **{**kw, "holdout": 0})
-    assert holdout.box(0) != ref.box(14) or not np.array_equal(holdout.raw(0), ref.raw(14))
+    assert len(train) == 14 and [train[i][1] for i in range(14)] == [i % 10 for i in range(14)]
+    pool = {s: ClutteredFashionMNIST(fmnist_dir, s, **kw) for s in POOL_SPLITS}
+    sources = [i for ds in pool.values() for i in ds._src]
+    assert sorted(sources) == list(range(14, 30))  # 6 training tail images, then the 10 test images
+    labels = [i % 10 for i in range(20)] + list(range(9, -1, -1))  # the fixture's labels
+    for ds in pool.values():
+        assert [ds[i][1] for i in range(len(ds))] == [labels[j] for j in ds._src]
+    assert {s: len(ds) for s, ds in pool.items()} == pool_split_sizes(16)
+    # the fragments of a pool image come from pool garments, never from the training split
+    for ds in pool.values():
+        for i in range(len(ds)):
+            assert all(j >= 14 for j, *_ in ds._layout(i)[1])
+    only_test = ClutteredFashionMNIST(fmnist_dir, "test", **{**kw, "holdout": 0})
+    assert all(j >= 20 for j in only_test._src)
     with pytest.raises(ValueError, match="split"):
         ClutteredFashionMNIST(fmnist_dir, "val")
     with pytest.raises(ValueError, match="holdout"):
-        ClutteredFashionMNIST(fmnist_dir, "holdout", holdout=0)
+        ClutteredFashionMNIST(fmnist_dir, "holdout", holdout=20)
 
 
 def test_materialize_matches_getitem(fmnist_dir: Path) -> None:

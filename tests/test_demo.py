@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from sacvit.data import build_dataset
+from sacvit.data.fashion_mnist import load_fashion_mnist
+from sacvit.data.splits import pool_positions, pool_sources
 from sacvit.demo import DemoConfig, Recipe, run_demo
 from sacvit.io.checkpoint import load_checkpoint, read_metadata
 from sacvit.engine.evaluate import plain_correct
@@ -57,14 +59,19 @@ def test_demo_end_to_end(standin):
     for name in ("report.md", "summary.json", "results.csv", "accuracy_vs_gmacs.png", "per_stage.png",
                  "curves.png", "clusters.png", "accuracy_vs_throughput.png", "ablations.png", "bench/bench.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert s["images"] == {"holdout": 26, "test": 60, "test-56px": 60}
-    assert s["calibration"]["split"] == "holdout" and s["calibration"]["images"] == 26
+    # the 26 held-out training images and the 60 test images: one pool, cut 20/40/40%
+    assert s["images"] == {"holdout": 17, "calibration": 34, "test": 35, "test-56px": 35}
+    assert s["calibration"]["split"] == "calibration" and s["calibration"]["images"] == 34
+    x = s["exchangeability"]
+    assert x["diff_gap"]["n_1"] == 34 and x["diff_gap"]["n_2"] == 35
+    assert x["diff_gap"]["gap_low"] <= x["diff_gap"]["gap"] <= x["diff_gap"]["gap_high"]
+    assert 0 <= x["confidence_ks"]["p_value"] <= 1 and len(x["per_class"]) >= 2
     # every compared model started from the stand-in and got the same budget
     for run in ("baseline", "sacvit", "ee_res"):
         cfg = json.loads((out / run / "config.json").read_text())
         assert cfg["init"] == str(path) and cfg["epochs"] == 1 and cfg["lr"] == Recipe().lr
     at = s["at_eta"]
-    assert at["top1_low"] <= at["top1"] <= at["top1_high"] and at["images"] == 60
+    assert at["top1_low"] <= at["top1"] <= at["top1_high"] and at["images"] == 35
     assert [r["key"] for r in s["ablations"]] == ["full", *keys]
     no_exit, no_clustering = s["ablations"][1], s["ablations"][2]
     assert no_exit["exit_share"] == 0 and no_exit["gmacs"] == pytest.approx(s["test"]["sac_only"]["gmacs"])
@@ -77,9 +84,10 @@ def test_demo_end_to_end(standin):
     # the calibrated η is the SAC-ViT checkpoint's default, as after `sacvit calibrate`
     meta = read_metadata(out / "sacvit" / "last.safetensors")
     assert meta.threshold == s["calibration"]["threshold"]
-    assert meta.calibration["split"] == "holdout" and meta.calibration["by"] == "sacvit demo"
+    assert meta.calibration["split"] == "calibration" and meta.calibration["by"] == "sacvit demo"
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "Figure 4" in report and "McNemar" in report
+    assert "Do the calibration and test splits agree?" in report
     # a rerun reuses every training and every cached evaluation
     mtimes = {p: p.stat().st_mtime for p in (out / "records").iterdir()}
     again = _demo(root / "run", data, path, ablations=True, ablation_keys=keys)
@@ -91,11 +99,14 @@ def test_demo_end_to_end(standin):
 
 @pytest.mark.slow
 def test_calibration_never_reads_the_test_split(standin, tmp_path):
-    """The same trainings with a poisoned test split (labels shuffled): η is the same."""
+    """The same trainings with a poisoned test split (its images' labels redrawn): η is the same."""
     root, data, path = standin
     clean = _demo(tmp_path / "clean", data, path, bench=False)
     rng = np.random.default_rng(1)
-    poisoned = write_fake_fmnist(tmp_path / "poisoned", test_labels=rng.integers(0, 10, 60))
+    labels = np.concatenate([load_fashion_mnist(data, "train")[1], load_fashion_mnist(data, "test")[1]])
+    test_images = pool_sources(160, 26, 60)[pool_positions(86, "test")]  # the test split's 35 images
+    labels[test_images] = rng.integers(0, 10, len(test_images))
+    poisoned = write_fake_fmnist(tmp_path / "poisoned", train_labels=labels[:160], test_labels=labels[160:])
     dirty = _demo(tmp_path / "dirty", poisoned, path, bench=False)
     assert dirty["calibration"] == clean["calibration"]
     assert dirty["test"]["baseline"]["top1"] != clean["test"]["baseline"]["top1"]  # the poison is real
@@ -103,7 +114,7 @@ def test_calibration_never_reads_the_test_split(standin, tmp_path):
 
 @pytest.mark.slow
 def test_demo_family_under_one_protocol(standin, tmp_path):
-    """Every predecessor from the same stand-in with the same budget, certified on held-out data,
+    """Every predecessor from the same stand-in with the same budget, certified on the calibration split,
     reported with intervals and paired differences; the summary's ``family`` has one row each."""
     root, data, path = standin
     members = ("cfvit", "lfvit", "dvt")
@@ -120,12 +131,12 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
         r = rows[m]
         assert set(r) >= {"certified", "threshold", "gmacs_share", "test_top1", "test_top1_ci", "throughput_ratio"}
         lo, hi = r["test_top1_ci"]
-        assert lo <= r["test_top1"] <= hi and r["images"] == 60 and r["throughput_ratio"] > 0
+        assert lo <= r["test_top1"] <= hi and r["images"] == 35 and r["throughput_ratio"] > 0
         assert (r["threshold"] is None) == (not r["certified"])
         if m != "sacvit":
             assert "sacvit_vs_this" in r
         meta = read_metadata(out / (m if m != "sacvit" else "sacvit") / "last.safetensors")
-        assert meta.calibration["split"] == "holdout"
+        assert meta.calibration["split"] == "calibration"
     assert {m["method"] for m in s["matched_gmacs"]} == {"sacvit", *members}
     assert (out / "family.png").stat().st_size > 0
     bench = {r["method"] for r in s["bench"]}
@@ -133,4 +144,4 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
     assert "adaptive-ViT family" in (out / "report.md").read_text()
     scores = s["exit_scores"]
     assert [r["score"] for r in scores["scores"]] == ["max_prob", "temperature", "margin"] and scores["temperature"] > 0
-    assert scores["held_out_best"] in ("max_prob", "temperature", "margin") and scores["images"] == 26
+    assert scores["held_out_best"] in ("max_prob", "temperature", "margin") and scores["images"] == 17

@@ -79,13 +79,17 @@ def test_evaluation_dataset_tensor_equals_predicts(folder, tmp_path):
         assert torch.equal(x, model.preprocess(open_image(path))), path.name
 
 
-def test_holdout_split_is_transformed_as_evaluation(folder):
+def test_holdout_and_calibration_splits_are_transformed_as_evaluation(folder):
+    """--holdout 6: three validation and three calibration images, disjoint, none trained on."""
     root, _ = folder
-    ds = build_dataset("imagefolder", root, "holdout", SIZE, holdout=3)
     pre = preprocess_for("imagefolder", SIZE)
-    assert len(ds) == 3
-    for (path, _), (x, _) in zip(ds.samples, ds):
-        assert torch.equal(x, pre.load(path)), path
+    splits = {s: build_dataset("imagefolder", root, s, SIZE, holdout=6) for s in ("train", "holdout", "calibration")}
+    paths = {s: {p for p, _ in ds.samples} for s, ds in splits.items()}
+    assert len(paths["holdout"]) == len(paths["calibration"]) == 3
+    assert not (paths["holdout"] & paths["calibration"]) and not (paths["train"] & (paths["holdout"] | paths["calibration"]))
+    for split in ("holdout", "calibration"):
+        for (path, _), (x, _) in zip(splits[split].samples, splits[split]):
+            assert torch.equal(x, pre.load(path)), path
 
 
 def test_training_dataset_decodes_as_predict(folder):

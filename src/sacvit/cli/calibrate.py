@@ -16,7 +16,7 @@ _EXAMPLES = """\
 examples:
   sacvit calibrate --checkpoint runs/demo/sacvit/last.safetensors
       the cheapest η certified to lose at most 0.5 top-1 points against SAC only (every image
-      through SAC) with probability ≥ 95%, on the checkpoint's own held-out split.
+      through SAC) with probability ≥ 95%, on the calibration split of the checkpoint's data.
   sacvit calibrate --checkpoint runs/demo/sacvit/last.safetensors --max-drop 0.5 --delta 0.05 \\
       --reference-checkpoint runs/demo/baseline/last.safetensors --json
       certified against the baseline ViT on the same images; one JSON object on stdout.
@@ -24,7 +24,7 @@ examples:
       --agreement
       label-free: at most 0.5% of images may exit with an answer other than SAC only's.
   sacvit calibrate --checkpoint runs/demo/sacvit/last.safetensors --budget-gmacs 0.05
-      the most accurate η whose mean cost on the holdout split is at most 0.05 GMACs per image.
+      the most accurate η whose mean cost on the calibration split is at most 0.05 GMACs per image.
   sacvit calibrate --checkpoint runs/demo/sacvit/last.safetensors --exit-share 0.77 --dry-run
       the most accurate η that lets at least 77% of the images exit at EE; report only.
 
@@ -35,8 +35,8 @@ one not rejected stops the scan). When nothing can be certified, the checkpoint 
 best one-sided bound reached is printed and the exit status is 2. `--rule estimate` is the old
 point-estimate rule (no guarantee: its η is more than ε worse about half of the time).
 
-η is chosen on the holdout split (training images never trained on), never on the test split,
-and stored in the checkpoint's metadata (atomic rewrite, weights verified unchanged), so that
+η is chosen on the calibration split (images never trained on nor used to select the model;
+for Fashion-MNIST data drawn with the test split from one pool), never on the test split, and stored in the checkpoint's metadata (atomic rewrite, weights verified unchanged), so that
 `sacvit predict`, `sacvit eval`, `sacvit export` and `sacvit.from_pretrained` use it. --data,
 --data-dir and --seed default to what the checkpoint was trained on. With --out, the whole curve
 goes to OUT/calibration.csv and OUT/calibration.png.
@@ -71,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--json", action="store_true", help="print one JSON object (threshold, certified, rule, bound, …) and nothing else")
     a("--data", choices=DATASET_NAMES, default=None, help="dataset (default: the checkpoint's training data)")
     a("--data-dir", default=None, help="dataset folder (default for Fashion-MNIST: the system copy)")
-    a("--split", choices=SPLITS, default="holdout", help="split to calibrate on")
+    a("--split", choices=SPLITS, default="calibration", help="split to calibrate on (default: calibration)")
     a("--length", type=int, default=None, help="use only this many images of the split")
     a("--seed", type=int, default=None, help="layout seed of generated data (default: the training seed)")
     a("--batch-size", type=int, default=64, help="batch size")
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.split == "test":
         print("sacvit calibrate: warning: calibrating on the test split makes its results optimistic; "
-              "use --split holdout", file=sys.stderr)
+              "use --split calibration (the default)", file=sys.stderr)
     result = calibrate(args.checkpoint, data=args.data, data_dir=args.data_dir, split=args.split,
                        length=args.length, seed=args.seed, budget_gmacs=args.budget_gmacs, max_drop=args.max_drop,
                        delta=args.delta, rule=args.rule, test=args.test,

@@ -33,10 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
            "dataset-fashion-mnist)")
     a("--standin", default=None, help="stand-in checkpoint to fine-tune from (default: the one shipped in sacvit)")
     a("--sac", type=json_dict, default=d.sac,
-      help="SACConfig overrides for SAC-ViT (the demo's window side 3 was chosen on held-out data), "
+      help="SACConfig overrides for SAC-ViT (the demo's window side 3 was chosen on validation data), "
            "e.g. '{\"window\": 5}'")
     a("--tolerance", type=nonnegative, default=d.tolerance,
-      help="η = the cheapest threshold within this many points of the baseline's held-out top-1")
+      help="η = the cheapest threshold certified within this many points of the baseline's top-1 on the calibration split")
     a("--thresholds", type=number_list(float, 0.0, 1.0), default=list(d.thresholds),
       help="η sweep reported on the test split (the calibrated η is added)")
     a("--ablations", action="store_true", help="also train and report each design removed in turn (Figure 3)")

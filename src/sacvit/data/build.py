@@ -1,12 +1,18 @@
-"""Every dataset by name, in its three splits, optionally pre-rendered into memory and cached.
+"""Every dataset by name, in its four splits, optionally pre-rendered into memory and cached.
 
 Splits, the same for every dataset:
 
 * ``"train"`` — what models are trained on;
-* ``"holdout"`` — training images held out from ``"train"``, never trained on: the validation
-  curve, checkpoint selection and the calibration of η are done on it;
-* ``"test"`` — the split results are reported on (Fashion-MNIST's 10k test images; an image
-  folder's ``test/`` or, as for ImageNet, ``val/`` sub-folder).
+* ``"holdout"`` — validation, never trained on: the validation curve, checkpoint selection and
+  every choice but η;
+* ``"calibration"`` — η only (``sacvit calibrate``), never trained on nor used for selection;
+* ``"test"`` — the split results are reported on.
+
+Fashion-MNIST based data draw ``holdout``, ``calibration`` and ``test`` as one random partition
+of one pool (:mod:`sacvit.data.splits`), so calibration and test images are exchangeable. An image
+folder's ``holdout`` and ``calibration`` are the two halves of ``--holdout`` images held out of
+``train/``, its ``test`` is ``test/`` (or, as for ImageNet, ``val/``): the calibration guarantee
+carries over to that folder only if its images are drawn like the training ones.
 """
 
 from __future__ import annotations
@@ -32,12 +38,12 @@ __all__ = ["DATASET_NAMES", "SPLITS", "build_dataset", "default_holdout", "defau
 
 #: Every dataset name a command accepts.
 DATASET_NAMES = ("cluttered-fmnist", "cluttered-fmnist-v1", "fmnist", "imagefolder", "synthetic")
-SPLITS = ("train", "holdout", "test")
+SPLITS = ("train", "holdout", "calibration", "test")
 _DEFAULT_SIZE = {"cluttered-fmnist": 112, "cluttered-fmnist-v1": 112, "fmnist": 28, "imagefolder": 224,
                  "synthetic": 32}
 _STYLE = {"cluttered-fmnist": "v2", "cluttered-fmnist-v1": "v1"}
-_SYNTHETIC_LENGTH = {"train": 256, "holdout": 64, "test": 64}
-_SYNTHETIC_SEED = {"train": 0, "test": 1, "holdout": 2}
+_SYNTHETIC_LENGTH = {"train": 256, "holdout": 64, "calibration": 64, "test": 64}
+_SYNTHETIC_SEED = {"train": 0, "test": 1, "holdout": 2, "calibration": 3}
 
 
 def default_img_size(name: str) -> int:
@@ -132,7 +138,7 @@ def build_dataset(
         try:
             hold = holdout
             if hold is None:
-                hold = 0 if split == "test" else default_holdout(len(load_fashion_mnist(root, "train")[1]))
+                hold = default_holdout(len(load_fashion_mnist(root, "train")[1]))
             if name == "fmnist":
                 ds = FashionMNIST(root, split, img_size=size, holdout=hold, length=length)
             else:
@@ -164,11 +170,17 @@ def _imagefolder(root: Path, split: str, size: int, is_training: bool, holdout: 
         hold = default_holdout(n) if holdout is None else holdout
         if not 0 <= hold < n:
             raise ValueError(f"holdout={hold} must be in [0, {n}) training images of {root / 'train'}")
-        if split == "holdout" and hold == 0:
-            raise ValueError("the 'holdout' split is empty: pass --holdout N > 0")
-        # the same held-out images whatever the training seed: a fixed permutation
-        held = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:hold].tolist())
-        _keep(ds, [i for i in range(n) if (i in held) == (split == "holdout")])
+        if (split == "holdout" and hold < 2) or (split == "calibration" and hold < 1):
+            raise ValueError(f"the {split!r} split is empty: pass --holdout N ≥ 2 (the held-out images are "
+                             "split in halves: validation, then calibration)")
+        # the same held-out images whatever the training seed: a fixed permutation; its first half
+        # is the validation ("holdout") split, the second the calibration split
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:hold].tolist()
+        held = {"holdout": set(order[:hold // 2]), "calibration": set(order[hold // 2:])}
+        if split == "train":
+            _keep(ds, sorted(set(range(n)) - held["holdout"] - held["calibration"]))
+        else:
+            _keep(ds, sorted(held[split]))
     if length is not None and length < len(ds.samples):
         pick = torch.randperm(len(ds.samples), generator=torch.Generator().manual_seed(seed))[:length]
         _keep(ds, sorted(pick.tolist()))

@@ -10,10 +10,10 @@ Two named styles (:data:`STYLES`): ``"v2"``, the default, where the garment is a
 minority of the image and distractor fragments surround it, so that *where to look*
 matters; and ``"v1"``, sacvit 0.1's data (large garments, a few small fragments).
 
-Splits: ``"train"`` and ``"holdout"`` are drawn from disjoint parts of the 60k
-Fashion-MNIST training images (the held-out part is the last ``holdout`` of them,
-never trained on: for early stopping and calibrating η); ``"test"`` from the 10k test
-images, the split that results are reported on.
+Splits (:mod:`sacvit.data.splits`): ``"train"`` is the first ``60k − holdout`` Fashion-MNIST
+training images; ``"holdout"`` (validation), ``"calibration"`` (η) and ``"test"`` are one fixed
+random partition of the evaluation pool (the other training images and the 10k test images),
+drawn by one generator, so that calibration and test images are exchangeable.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from .fashion_mnist import (
     DEFAULT_FMNIST_DIR,
     FASHION_MNIST_CLASSES,
     gray_to_tensor,
-    load_fashion_mnist,
     resize_gray,
+    split_source,
 )
 
-_SPLITS = {"train": ("train", 0), "test": ("test", 1), "holdout": ("train", 2)}  # source split, layout id
 _PLACEMENT_TRIES = 4  # positions tried per clutter fragment before it is dropped
 
 
@@ -65,7 +64,7 @@ STYLES: dict[str, ClutterStyle] = {
     "v1": ClutterStyle(canvas=112, scale=(32, 64), num_clutter=8, clutter_size=(8, 14)),
     "v2": ClutterStyle(canvas=112, scale=(24, 40), num_clutter=12, clutter_size=(8, 12)),
 }
-_BOX_CACHE: dict[tuple[str, str], list[list[int]]] = {}
+_BOX_CACHE: dict[tuple[str, int], list[list[int]]] = {}
 
 
 def content_boxes(images: np.ndarray, threshold: int = 16) -> np.ndarray:
@@ -113,9 +112,9 @@ def _end_covered(hi: int, n_in: int, n_out: int) -> int:
 class ClutteredFashionMNIST(Dataset):
     """Fashion-MNIST garments placed on a larger canvas with garment clutter.
 
-    Sample ``i`` shows garment ``i`` of the split's source images resized to a random
-    side in ``scale`` at a uniformly random position, plus up to ``num_clutter`` square
-    crops (side in ``clutter_size``) of other random garments of the same source images.
+    Sample ``i`` shows garment ``i`` of the split resized to a random side in ``scale`` at a
+    uniformly random position, plus up to ``num_clutter`` square crops (side in ``clutter_size``)
+    of other random garments of its population (the training images, or the evaluation pool).
     Crops overlap their garment's silhouette, often across an edge, so they show
     texture and outline bits rather than whole garments. Each fragment is placed
     at a random position outside the garment's square (a few tries, else it is
@@ -124,15 +123,16 @@ class ClutteredFashionMNIST(Dataset):
 
     Args:
         root: Folder holding the Fashion-MNIST idx files.
-        split: ``"train"`` (the first ``60k − holdout`` training images), ``"holdout"``
-            (the last ``holdout`` training images) or ``"test"`` (the 10k test images).
+        split: ``"train"`` (the first ``60k − holdout`` training images), or ``"holdout"``,
+            ``"calibration"`` or ``"test"``: the evaluation pool's splits (:mod:`sacvit.data.splits`).
         img_size: Output side in pixels. A side smaller than the canvas is the canvas
             resized (bilinear, antialiased, as SAC-ViT's EE stage downsamples), so
             ``img_size=56`` with a 112-px canvas is the EE view of the 112-px data.
         style: a name of :data:`STYLES` or a :class:`ClutterStyle`.
         canvas, scale, num_clutter, clutter_size: override the style's fields.
-        holdout: number of training images held out from ``"train"`` for ``"holdout"``.
-        seed: Non-negative seed; sample ``i`` depends only on ``(style, seed, split, i)``.
+        holdout: training images kept out of ``"train"`` (they join the test images in the pool).
+        seed: Non-negative seed; an image depends only on ``(style, seed, its population, its
+            place in it)``, not on the split of the pool it falls in.
         length: Use only the first ``length`` samples (``None``: the whole split).
         normalize: Normalise with mean/std 0.5; otherwise values are in ``[0, 1]``.
 
@@ -142,7 +142,7 @@ class ClutteredFashionMNIST(Dataset):
         style: the :class:`ClutterStyle` drawn.
     """
 
-    VERSION = 2  # bump when the layout or rendering changes: it keys the pre-render caches
+    VERSION = 3  # bump when the layout or rendering changes: it keys the pre-render caches
 
     def __init__(
         self,
@@ -160,23 +160,14 @@ class ClutteredFashionMNIST(Dataset):
         length: int | None = None,
         normalize: bool = True,
     ) -> None:
-        if split not in _SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected 'train', 'holdout' or 'test'")
         if isinstance(style, str):
             if style not in STYLES:
                 raise ValueError(f"unknown Cluttered Fashion-MNIST style {style!r}; valid: {', '.join(STYLES)}")
             style = STYLES[style]
         overrides = dict(canvas=canvas, scale=scale, num_clutter=num_clutter, clutter_size=clutter_size)
         style = dataclasses.replace(style, **{k: v for k, v in overrides.items() if v is not None})
-        source, self._split_id = _SPLITS[split]
-        self.images, labels = load_fashion_mnist(root, source)
-        n_source = len(self.images)
-        if split != "test" and not 0 <= holdout < n_source:
-            raise ValueError(f"holdout={holdout} must be in [0, {n_source}) training images")
-        if split == "holdout" and holdout == 0:
-            raise ValueError("the 'holdout' split is empty: pass holdout > 0")
-        start, stop = {"train": (0, n_source - holdout), "holdout": (n_source - holdout, n_source),
-                       "test": (0, n_source)}[split]
+        source = split_source(root, split, holdout)
+        self.images = source.images
         src_h, src_w = self.images.shape[1:]
         size = style.canvas
         lo, hi = style.scale
@@ -191,19 +182,20 @@ class ClutteredFashionMNIST(Dataset):
                 f"clutter_size {style.clutter_size} must satisfy 1 <= lo <= hi <= "
                 f"{min(src_h, src_w, size)} (source and canvas size)"
             )
-        if style.num_clutter and stop - start < 2:
+        if style.num_clutter and len(source.siblings) < 2:
             raise ValueError("clutter needs at least two source images")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if length is not None and length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
-        key = (str(Path(root).expanduser().resolve()), source)
+        key = (str(Path(root).expanduser().resolve()), len(self.images))
         if key not in _BOX_CACHE:
             _BOX_CACHE[key] = content_boxes(self.images).tolist()  # lists: fast scalar access
         self._boxes = _BOX_CACHE[key]
-        self._start, self._n = start, stop - start
-        n = self._n if length is None else min(length, self._n)
-        self.targets = labels[start:start + n]
+        n = len(source.index) if length is None else min(length, len(source.index))
+        self._src, self._pos = source.index[:n].tolist(), source.position[:n].tolist()
+        self._siblings, self._stream = source.siblings.tolist(), source.stream
+        self.targets = source.labels[source.index[:n]]
         self.split, self.img_size, self.style, self.holdout = split, img_size, style, holdout
         self.canvas, self.scale = style.canvas, style.scale
         self.num_clutter, self.clutter_size = style.num_clutter, style.clutter_size
@@ -226,26 +218,26 @@ class ClutteredFashionMNIST(Dataset):
         return int(i) % len(self)
 
     def _layout(self, i: int) -> tuple[tuple[int, int, int], list[tuple[int, ...]]]:
-        """Random layout of sample ``i``, a pure function of ``(style, seed, split, i)``.
+        """Random layout of sample ``i``, a pure function of ``(style, seed, population, place)``.
 
         Returns:
             ``(side, x0, y0)`` of the garment and, per clutter fragment,
             ``(source index, side, crop x, crop y, canvas x, canvas y)``.
         """
-        rng = np.random.default_rng([self.seed, self._split_id, i])
+        place = self._pos[i]
+        rng = np.random.default_rng([self.seed, self._stream, place])
         size, k, tries = self.canvas, self.num_clutter, _PLACEMENT_TRIES
         # one draw as Python floats: much cheaper than many small numpy operations
         u = rng.random(3 + (4 + 2 * tries) * k).tolist()
         lo, hi = self.scale
         side = lo + int(u[0] * (hi - lo + 1))
         gx, gy = int(u[1] * (size - side + 1)), int(u[2] * (size - side + 1))
-        n, (h, w), (lo, hi) = self._n, self.images.shape[1:], self.clutter_size
+        n, (h, w), (lo, hi) = len(self._siblings), self.images.shape[1:], self.clutter_size
         fragments = []
         for f in range(k):
             u_src, u_side, u_ox, u_oy, *u_pos = u[3 + (4 + 2 * tries) * f : 3 + (4 + 2 * tries) * (f + 1)]
             j = int(u_src * (n - 1))
-            j += j >= i  # never the garment itself
-            j += self._start
+            j = int(self._siblings[j + (j >= place)])  # never the garment itself
             c = lo + int(u_side * (hi - lo + 1))
             x0, y0, x1, y1 = self._boxes[j]
             # crop origin so the crop overlaps the source garment, often across an edge
@@ -266,7 +258,7 @@ class ClutteredFashionMNIST(Dataset):
         """
         i = self._index(i)
         (side, x, y), _ = self._layout(i)
-        bx0, by0, bx1, by1 = self._boxes[self._start + i]
+        bx0, by0, bx1, by1 = self._boxes[self._src[i]]
         h, w = self.images.shape[1:]
         box = (
             x + _first_covered(bx0, w, side),
@@ -295,7 +287,7 @@ class ClutteredFashionMNIST(Dataset):
             patch = canvas[py : py + c, px : px + c]
             np.maximum(patch, self.images[j, oy : oy + c, ox : ox + c], out=patch)
         patch = canvas[y : y + side, x : x + side]
-        np.maximum(patch, resize_gray(self.images[self._start + i], side), out=patch)
+        np.maximum(patch, resize_gray(self.images[self._src[i]], side), out=patch)
         return canvas
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

@@ -10,6 +10,7 @@ import gzip
 import math
 import struct
 import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DatasetNotFoundError
+from .splits import POOL_SPLITS, pool_positions, pool_sources
 
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -165,6 +167,57 @@ def load_fashion_mnist(
     return images, labels
 
 
+@dataclass(frozen=True)
+class SplitSource:
+    """Where one split's images come from (:mod:`sacvit.data.splits`).
+
+    Attributes:
+        images: uint8 ``(N, 28, 28)``, read-only: the training images (``train``), or the training
+            images then the test images (the pool's splits).
+        labels: int64 labels of ``images``.
+        index: the split's images, as indices into ``images``, in the split's order.
+        position: per split image, its place in the population it is drawn from (its training-set
+            index for ``train``, its pool position otherwise): what generated data is keyed by.
+        siblings: indices into ``images`` of that population (``siblings[position[i]] == index[i]``).
+        stream: ``0`` for the training population, ``3`` for the evaluation pool (a layout stream id).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    position: np.ndarray
+    siblings: np.ndarray
+    stream: int
+
+
+def split_source(root: str | Path, split: str, holdout: int) -> SplitSource:
+    """The images of ``split`` (``"train"``, ``"holdout"``, ``"calibration"`` or ``"test"``).
+
+    Raises:
+        ValueError: unknown split, or ``holdout`` outside ``[0, 60k)``; DatasetNotFoundError: no data.
+    """
+    if split not in ("train", *POOL_SPLITS):
+        raise ValueError(f"unknown split {split!r}; expected 'train', {', '.join(map(repr, POOL_SPLITS))}")
+    train_x, train_y = load_fashion_mnist(root, "train")
+    n = len(train_x)
+    if not 0 <= holdout < n:
+        raise ValueError(f"holdout={holdout} must be in [0, {n}) training images")
+    if split == "train":
+        siblings = np.arange(n - holdout, dtype=np.int64)
+        return SplitSource(train_x, train_y, siblings, siblings, siblings, 0)
+    test_x, test_y = load_fashion_mnist(root, "test")
+    key = (str(Path(root).expanduser().resolve()), "train+test")
+    if key not in _CACHE:
+        both = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
+        for a in both:
+            a.setflags(write=False)
+        _CACHE[key] = both
+    images, labels = _CACHE[key]
+    siblings = pool_sources(n, holdout, len(test_x))
+    position = pool_positions(len(siblings), split)
+    return SplitSource(images, labels, siblings[position], position, siblings, 3)
+
+
 @lru_cache(maxsize=256)
 def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` matrix of PIL's bilinear (triangle) filter, antialiased when shrinking."""
@@ -218,10 +271,10 @@ class FashionMNIST(Dataset):
 
     Args:
         root: Folder holding the idx files.
-        split: ``"train"`` (the first ``60k − holdout`` training images), ``"holdout"`` (the last
-            ``holdout``) or ``"test"`` (the 10k test images).
+        split: ``"train"`` (the first ``60k − holdout`` training images), or ``"holdout"``,
+            ``"calibration"`` or ``"test"``: the evaluation pool's splits (:mod:`sacvit.data.splits`).
         img_size: Output side in pixels (28 keeps the native resolution).
-        holdout: number of training images held out for ``"holdout"``.
+        holdout: training images kept out of ``"train"`` (they join the test images in the pool).
         length: Use only the first ``length`` samples (``None``: all).
         normalize: Normalise with mean/std 0.5; otherwise values are in ``[0, 1]``.
 
@@ -243,17 +296,9 @@ class FashionMNIST(Dataset):
             raise ValueError(f"img_size must be positive, got {img_size}")
         if length is not None and length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
-        if split not in ("train", "holdout", "test"):
-            raise ValueError(f"unknown split {split!r}; expected 'train', 'holdout' or 'test'")
-        images, labels = load_fashion_mnist(root, "test" if split == "test" else "train")
-        n = len(images)
-        if split != "test" and not 0 <= holdout < n:
-            raise ValueError(f"holdout={holdout} must be in [0, {n}) training images")
-        if split == "holdout" and holdout == 0:
-            raise ValueError("the 'holdout' split is empty: pass holdout > 0")
-        start, stop = {"train": (0, n - holdout), "holdout": (n - holdout, n), "test": (0, n)}[split]
-        stop = stop if length is None else min(stop, start + length)
-        self.images, self.targets = images[start:stop], labels[start:stop]
+        src = split_source(root, split, holdout)
+        index = src.index if length is None else src.index[:length]
+        self.images, self.targets = src.images[index], src.labels[index]
         self.split, self.holdout, self.img_size = split, holdout, img_size
         self.normalize = normalize
         self.classes = list(FASHION_MNIST_CLASSES)
@@ -263,7 +308,7 @@ class FashionMNIST(Dataset):
 
     def cache_key(self) -> str:
         """What the pre-rendered images depend on, as a short stable string."""
-        return f"{self.split}_h{self.holdout}_{self.img_size}px_n{len(self)}"
+        return f"pool1_{self.split}_h{self.holdout}_{self.img_size}px_n{len(self)}"
 
     def raw(self, i: int) -> np.ndarray:
         """Return sample ``i`` as a uint8 ``(img_size, img_size)`` array."""

@@ -1,7 +1,7 @@
 """Figure 3 of the paper: each design of SAC-ViT removed in turn, same stand-in, recipe and budget.
 
 Each variant is a SAC-ViT fine-tuned with one change of its :class:`~sacvit.config.SACConfig` or of
-the recipe's loss (except "no early exit", the full method evaluated with η > 1), its own η calibrated on the held-out split
+the recipe's loss (except "no early exit", the full method evaluated with η > 1), its own η calibrated on the validation split (a window side is a model choice, so not the calibration split)
 with the demo's criterion, and reported on the test split, whatever it shows.
 """
 
@@ -39,7 +39,7 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
     """Train (or reuse) every variant and return one row per variant, the full method first.
 
     Each row holds the test numbers at the variant's own η and, in ``holdout_*``, what that η
-    reached on the held-out split (where a window side may be chosen, never on the test split).
+    reached on the validation split (where a window side may be chosen, never on the test split).
     """
     base_t = ev.plain(ckpt["baseline"], "test")
     main_window = {**cfg.sac}.get("window", SACConfig().window)

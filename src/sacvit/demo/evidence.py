@@ -1,5 +1,6 @@
-"""Measurements of the demo: per-image results on the held-out and test splits, η calibrated on
-the held-out split only, rows with 95% intervals, and paired tests.
+"""Measurements of the demo: per-image results on the validation, calibration and test splits, η
+calibrated on the calibration split only, rows with 95% intervals, paired tests, and the check
+that the calibration and test splits agree (:func:`exchangeability`).
 
 Per-image results are cached under ``OUT/records`` keyed by the checkpoint's SHA-256, the split
 and the window policy, so a rerun of the demo recomputes nothing that has not changed.
@@ -19,7 +20,7 @@ import torch
 from ..engine.calibrate import Choice, certified_choice
 from ..engine.evaluate import SAC_ONLY, CascadeRecords, StageRecords, collect, collect_cascade, plain_correct
 from ..io.checkpoint import load_checkpoint, read_metadata
-from ..stats import compare, wilson_interval
+from ..stats import compare, gap, ks_two_sample, wilson_interval
 from .standin import sha256
 
 __all__ = ["Evidence", "calibrate", "plain_row"]
@@ -99,7 +100,7 @@ class Evidence:
 
 def calibrate(records: StageRecords, reference_correct: np.ndarray, tolerance: float,
               delta: float = 0.05) -> tuple[Choice, float]:
-    """η on held-out records: the cheapest one *certified* within ``tolerance`` points of the
+    """η on calibration records: the cheapest one *certified* within ``tolerance`` points of the
     reference (the baseline's per-image results on the same images) with probability ≥ 1 − δ.
 
     Returns:
@@ -129,4 +130,42 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, Any]:
     return compare(a, b, seed=seed).to_dict()
 
 
-__all__ += ["sac_correct", "paired", "SAC_ONLY"]
+def exchangeability(eta: float, labels: dict[str, np.ndarray], baseline: dict[str, np.ndarray],
+                    sac: dict[str, StageRecords]) -> dict[str, Any]:
+    """Do the calibration and test splits agree? The guarantee of a certified η transfers to the
+    test split only if the two are drawn alike; this measures it on the run's own records.
+
+    Args:
+        eta: the certified (reported) η.
+        labels, baseline, sac: per split (``"calibration"``, ``"test"``): the labels, the baseline's
+            per-image correctness and SAC-ViT's records.
+
+    Returns:
+        ``diff_gap``: the gap between the two splits' paired difference (SAC-ViT at η − baseline),
+        with a 95% interval and p (:func:`sacvit.stats.gap`); ``sac_only_gap``, ``ee_gap`` and
+        ``baseline_gap`` (each model's top-1 on calibration − test); ``confidence_ks``: the EE
+        confidence distributions (two-sample KS statistic, p); ``per_class``: per class, each split's
+        paired difference and the exit share.
+    """
+    (cal, test), zeros = ("calibration", "test"), {k: np.zeros(len(v), bool) for k, v in baseline.items()}
+    at = {k: sac_correct(sac[k], eta) for k in (cal, test)}
+    ks, p = ks_two_sample(sac[cal].confidence, sac[test].confidence)
+    per_class = []
+    for c in sorted(set(np.asarray(labels[cal]).tolist()) | set(np.asarray(labels[test]).tolist())):
+        item: dict[str, Any] = {"class": int(c)}
+        for k in (cal, test):
+            m = np.asarray(labels[k]) == c
+            item[k] = {"images": int(m.sum()), "diff": 100 * float(at[k][m].mean() - baseline[k][m].mean()),
+                       "exit_share": float((sac[k].confidence[m] >= eta).mean())} if m.any() else None
+        per_class.append(item)
+    return {"threshold": eta,
+            "diff_gap": gap(baseline[cal], at[cal], baseline[test], at[test]).to_dict(),
+            "sac_only_gap": gap(zeros[cal], sac[cal].correct_sac, zeros[test], sac[test].correct_sac).to_dict(),
+            "ee_gap": gap(zeros[cal], sac[cal].correct_ee, zeros[test], sac[test].correct_ee).to_dict(),
+            "baseline_gap": gap(zeros[cal], baseline[cal], zeros[test], baseline[test]).to_dict(),
+            "confidence_ks": {"statistic": ks, "p_value": p},
+            "exit_share": {k: float((sac[k].confidence >= eta).mean()) for k in (cal, test)},
+            "per_class": per_class}
+
+
+__all__ += ["sac_correct", "paired", "exchangeability", "SAC_ONLY"]

@@ -1,11 +1,11 @@
 """Which exit score? The paper's max-probability, temperature-scaled max-probability and the
-top-1 − top-2 margin, measured on the held-out split only (:mod:`sacvit.model.exit_score`).
+top-1 − top-2 margin, measured on the validation split only (:mod:`sacvit.model.exit_score`).
 
 For each score: the EE stage's expected calibration error (probabilities only), the certified η
-against the baseline (same ε, δ as the demo's) with its GMACs share, and the held-out top-1 at
-matched GMACs (25/30/40% of the baseline's). The temperature is fitted on the same held-out split
+against the baseline (same ε, δ as the demo's) with its GMACs share, and the validation top-1 at
+matched GMACs (25/30/40% of the baseline's). The temperature is fitted on the same validation split
 (negative log-likelihood of the EE logits), so its certificate is optimistic by that choice; the
-default stays the paper's score unless the held-out numbers say otherwise, and the study says
+default stays the paper's score unless the validation numbers say otherwise, and the study says
 which it would pick.
 """
 
@@ -31,7 +31,7 @@ SHARES = (0.25, 0.30, 0.40)
 
 def exit_score_study(cfg: DemoConfig, ev: Evidence, ckpt: Path, base_h: np.ndarray,
                      baseline_gmacs: float) -> dict[str, Any]:
-    """The three exit scores of the SAC-ViT checkpoint ``ckpt`` on the held-out split."""
+    """The three exit scores of the SAC-ViT checkpoint ``ckpt`` on the validation split."""
     model, _ = load_checkpoint(ckpt)
     logits, labels = ee_logits(model, ev.datasets["holdout"])
     temperature = fit_temperature(logits, labels)

@@ -2,12 +2,12 @@
 
 Every member is fine-tuned from the same stand-in with the same recipe and budget as SAC-ViT
 (:func:`~.runs.fine_tune`; DVT's every stage starts from the stand-in too), its η is certified on
-the held-out split against the baseline with the same ε and δ (:func:`~.evidence.calibrate`), and it
+the calibration split against the baseline with the same ε and δ (:func:`~.evidence.calibrate`), and it
 is reported on the whole test split with a 95% interval and paired differences against the
 baseline and against SAC-ViT at its own certified η.
 
 *Matched GMACs*: for each target share of the baseline's GMACs (25/33/40%), each method's η is
-the one whose **held-out** mean GMACs is nearest to the target (nothing chosen on the test split),
+the one whose **calibration-split** mean GMACs is nearest to the target (nothing chosen on the test split),
 and the test top-1 at that η is compared with SAC-ViT's at its own matched η, paired on the same
 images.
 
@@ -45,25 +45,25 @@ def member_sac(cfg: DemoConfig, method: str) -> dict[str, Any]:
     return {"window": cfg.sac["window"]} if method == "lfvit" and "window" in cfg.sac else {}
 
 
-def _member(ev: Evidence, ckpt: Path, base_h: np.ndarray, cfg: DemoConfig) -> dict[str, Any]:
-    h, t = ev.records(ckpt, "holdout"), ev.records(ckpt, "test")
-    choice, eta = calibrate(h, base_h, cfg.tolerance, cfg.delta)
-    return {"ckpt": ckpt, "holdout": h, "test": t, "choice": choice, "eta": eta}
+def _member(ev: Evidence, ckpt: Path, base_c: np.ndarray, cfg: DemoConfig) -> dict[str, Any]:
+    c, t = ev.records(ckpt, "calibration"), ev.records(ckpt, "test")
+    choice, eta = calibrate(c, base_c, cfg.tolerance, cfg.delta)
+    return {"ckpt": ckpt, "calibration": c, "test": t, "choice": choice, "eta": eta}
 
 
 def matched_threshold(h, share: float, baseline_gmacs: float) -> float:
-    """The η whose held-out mean GMACs is nearest to ``share`` of the baseline's."""
+    """The η whose calibration-split mean GMACs is nearest to ``share`` of the baseline's."""
     gmacs = np.array([h.row(float(t))["gmacs"] for t in _GRID])
     return float(_GRID[int(np.argmin(np.abs(gmacs - share * baseline_gmacs)))])
 
 
-def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, Any], base_h: np.ndarray,
+def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, Any], base_c: np.ndarray,
                base_t: np.ndarray, baseline_gmacs: float) -> dict[str, Any]:
     """Train (or reuse), certify and report every member in ``cfg.members``.
 
     Args:
-        sacvit: SAC-ViT's own ``{"ckpt", "holdout", "test", "choice", "eta"}`` (already calibrated).
-        base_h, base_t: the baseline's per-image correctness on the held-out and test splits.
+        sacvit: SAC-ViT's own ``{"ckpt", "calibration", "test", "choice", "eta"}`` (already calibrated).
+        base_c, base_t: the baseline's per-image correctness on the calibration and test splits.
         baseline_gmacs: the baseline's GMACs per image.
 
     Returns:
@@ -74,7 +74,7 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
     members = {"sacvit": sacvit}
     for method in cfg.members:
         ckpt = fine_tune(cfg, method, MEMBERS[method], standin, sac=member_sac(cfg, method))
-        members[method] = _member(ev, ckpt, base_h, cfg)
+        members[method] = _member(ev, ckpt, base_c, cfg)
     n = len(base_t)
     base_top1 = 100 * float(base_t.mean())
     family: list[dict[str, Any]] = [{
@@ -85,7 +85,7 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
         row = m["test"].row(m["eta"])
         correct = sac_correct(m["test"], m["eta"])
         entry = {"method": method, "certified": bool(m["choice"].certified), "threshold": m["choice"].threshold,
-                 "reported_threshold": m["eta"], "holdout_bound": m["choice"].bound,
+                 "reported_threshold": m["eta"], "calibration_bound": m["choice"].bound,
                  "gmacs": row["gmacs"], "gmacs_share": row["gmacs"] / baseline_gmacs, "exit_share": row["exit_share"],
                  "test_top1": row["top1"], "test_top1_ci": [row["top1_low"], row["top1_high"]],
                  "vs_baseline": paired(base_t, correct, cfg.seed), "throughput_ratio": None, "images": n,
@@ -95,7 +95,7 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
         family.append(entry)
     matched = []
     for share in MATCHED_SHARES:
-        etas = {method: matched_threshold(m["holdout"], share, baseline_gmacs) for method, m in members.items()}
+        etas = {method: matched_threshold(m["calibration"], share, baseline_gmacs) for method, m in members.items()}
         sac_c = sac_correct(sacvit["test"], etas["sacvit"])
         for method, m in members.items():
             row = m["test"].row(etas[method])

@@ -3,10 +3,12 @@
 1. Fine-tune, from the same stand-in (a plain ViT trained at the full resolution, the demo's
    DeiT) and with the same recipe and budget: the full-resolution baseline, SAC-ViT and the
    plain ViT at the EE resolution (:mod:`.runs`). The baseline may not end below an earlier
-   checkpoint of itself: the reported baseline is the better, on the held-out split, of the
+   checkpoint of itself: the reported baseline is the better, on the validation split, of the
    stand-in and its fine-tuned weights.
-2. Calibrate η on the held-out split: the cheapest threshold within ``tolerance`` points of the
-   baseline's held-out accuracy (:mod:`.evidence`). Nothing is chosen on the test split.
+2. Certify η on the calibration split: the cheapest threshold certified within ``tolerance``
+   points of the baseline's accuracy (:mod:`.evidence`). Nothing is chosen on the test split;
+   the validation, calibration and test splits are one random partition of one pool
+   (:mod:`sacvit.data.splits`), and the report checks that calibration and test agree.
 3. Report on the whole test split with 95% intervals: the η sweep with the per-stage analysis
    (Figure 4), SAC-ViT at the calibrated η against the baseline (paired bootstrap and McNemar),
    the GCA window against a fixed centre and a random window on the same weights, ToMe and EViT
@@ -44,7 +46,7 @@ from ..report import SWEEP_TABLE, format_table, write_csv, write_json
 from ..viz import plot_clusters
 from .ablations import run_ablations
 from .config import DemoConfig
-from .evidence import SAC_ONLY, Evidence, calibrate, paired, plain_row, sac_correct
+from .evidence import SAC_ONLY, Evidence, calibrate, exchangeability, paired, plain_row, sac_correct
 from .exit_scores import exit_score_study
 from .family import run_family
 from .report import bench_row
@@ -55,11 +57,12 @@ __all__ = ["evaluation_datasets", "run_demo"]
 
 
 def evaluation_datasets(cfg: DemoConfig) -> dict[str, Any]:
-    """The demo's held-out and test splits at 112 px, pre-rendered into ``OUT/cache``."""
+    """The demo's validation (``holdout``), calibration and test splits at 112 px, pre-rendered
+    into ``OUT/cache``."""
     budget = cfg.budget()
     common = dict(seed=cfg.seed, prerender=True, cache_dir=Path(cfg.out) / "cache")
-    return {"holdout": build_dataset("cluttered-fmnist", cfg.data_dir, "holdout", 112, length=budget.holdout, **common),
-            "test": build_dataset("cluttered-fmnist", cfg.data_dir, "test", 112, length=budget.test, **common)}
+    return {split: build_dataset("cluttered-fmnist", cfg.data_dir, split, 112, length=getattr(budget, split), **common)
+            for split in ("holdout", "calibration", "test")}
 
 
 def _store_threshold(path: Path, choice, met: bool, cfg: DemoConfig) -> None:
@@ -71,7 +74,7 @@ def _store_threshold(path: Path, choice, met: bool, cfg: DemoConfig) -> None:
 
     store_threshold(path, choice, calibration_record(
         choice, {"max_drop": cfg.tolerance, "delta": cfg.delta}, criterion_met=met, data="cluttered-fmnist",
-        split="holdout", seed=cfg.seed, length=cfg.budget().holdout, by="sacvit demo"))
+        split="calibration", seed=cfg.seed, length=cfg.budget().calibration, by="sacvit demo"))
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -93,10 +96,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     ee_res_data = {s: _ee_view(cfg, s) for s in ("test",)}
     ckpt["baseline"], selection = _select_baseline(ev, standin, ckpt["baseline"])
 
-    # ---- calibration on the held-out split
+    # ---- η on the calibration split (the baseline was chosen on the validation split)
     base_h = ev.plain(ckpt["baseline"], "holdout")
-    sac_h = ev.stages(ckpt["sacvit"], "holdout")
-    choice, eta = calibrate(sac_h, base_h, cfg.tolerance, cfg.delta)
+    base_c = ev.plain(ckpt["baseline"], "calibration")
+    sac_c = ev.stages(ckpt["sacvit"], "calibration")
+    choice, eta = calibrate(sac_c, base_c, cfg.tolerance, cfg.delta)
     met = choice.certified
     _store_threshold(ckpt["sacvit"], choice, met, cfg)
 
@@ -121,8 +125,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "standin": str(standin), "images": {k: len(v) for k, v in ev.datasets.items()},
         "baseline_selection": selection,
         "calibration": {**choice.to_dict(), "threshold": eta, "certified_threshold": choice.threshold,
-                        "criterion_met": met, "split": "holdout",
-                        "baseline_holdout_top1": 100 * float(base_h.mean())},
+                        "criterion_met": met, "split": "calibration",
+                        "baseline_calibration_top1": 100 * float(base_c.mean())},
         "test": {r["mode"] if r["mode"] != "sacvit" else f"sacvit@{r['threshold']:.6g}": r for r in rows},
         "at_eta": sac_t.row(eta, label=f"SAC-ViT η={eta:.3g} (calibrated)"),
         "sacvit_vs_baseline": paired(base_t, sac_correct(sac_t, eta), cfg.seed),
@@ -140,8 +144,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary["peers"] = peers
     fam = None
     if cfg.members:
-        fam = run_family(cfg, ev, standin, {"ckpt": ckpt["sacvit"], "holdout": sac_h, "test": sac_t, "choice": choice,
-                                            "eta": eta}, base_h, base_t, flops.vit_gmacs(baseline))
+        fam = run_family(cfg, ev, standin, {"ckpt": ckpt["sacvit"], "calibration": sac_c, "test": sac_t,
+                                            "choice": choice, "eta": eta}, base_c, base_t, flops.vit_gmacs(baseline))
         for method in cfg.members:
             member_choice = fam["choices"][method]
             _store_threshold(Path(fam["checkpoints"][method]), member_choice, member_choice.certified, cfg)
@@ -160,7 +164,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
               "SAC-ViT fine-tune (EE stage)": _shift(curve(out / "sacvit", "val_top1_ee"), standin)}
     summary["curves"] = curves
     summary["headline"] = _headline(summary, choice, eta, base_t)
-    summary["resampling"] = _resampling(cfg, base_h, sac_h, base_t, sac_t)
+    summary["resampling"] = _resampling(cfg, base_c, sac_c, base_t, sac_t)
+    summary["exchangeability"] = exchangeability(
+        eta, {k: ev.datasets[k].targets for k in ("calibration", "test")},
+        {"calibration": base_c, "test": base_t}, {"calibration": sac_c, "test": sac_t})
     if cfg.ablations:
 
         summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, base_h, sac_t, eta)
@@ -168,7 +175,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     title = f"Cluttered Fashion-MNIST, test split ({len(base_t)} images), preset {cfg.preset}"
     plots.accuracy_vs_gmacs(rows, out / "accuracy_vs_gmacs.png", title, chosen=eta)
     plots.per_stage(rows, out / "per_stage.png", title)
-    plots.training_curves(curves, out / "curves.png", "held-out top-1 over training (the stand-in, then each fine-tune)")
+    plots.training_curves(curves, out / "curves.png", "validation top-1 over training (the stand-in, then each fine-tune)")
     if cfg.bench:
         plots.accuracy_vs_throughput(_speed_points(summary), out / "accuracy_vs_throughput.png", title)
     _clusters(cfg, ckpt["sacvit"], ev.datasets["test"], sac_t, eta, out / "clusters.png")
@@ -178,7 +185,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                   for e in summary["family"] if e["method"] != "baseline"]
         others = [{"method": "baseline", "gmacs": flops.vit_gmacs(baseline), "top1": summary["test"]["baseline"]["top1"]}]
         others += [{"method": r["method"], "gmacs": r["gmacs"], "top1": r["top1"]} for r in peers]
-        plots.family(fam["curves"], points, out / "family.png", title + " — η certified on the held-out split",
+        plots.family(fam["curves"], points, out / "family.png", title + " — η certified on the calibration split",
                      peers=others)
     if cfg.ablations:
         plots.ablations(summary["ablations"], out / "ablations.png", "each design removed in turn (test split)")
@@ -196,7 +203,7 @@ def _headline(s: dict[str, Any], choice, eta: float, base_t) -> dict[str, Any]:
     d, row = s["sacvit_vs_baseline"], s["at_eta"]
     speed = bench_row(s, "sacvit", eta)
     return {"certified": bool(choice.certified), "threshold": choice.threshold, "reported_threshold": eta,
-            "max_drop": choice.max_drop, "delta": choice.delta, "holdout_bound": choice.bound,
+            "max_drop": choice.max_drop, "delta": choice.delta, "calibration_bound": choice.bound,
             "gmacs_share": s["gmacs_ratio_at_eta"], "test_top1": row["top1"],
             "test_top1_ci": [row["top1_low"], row["top1_high"]], "baseline_test_top1": 100 * float(base_t.mean()),
             "test_diff_pt": d["diff"], "test_diff_ci": [d["diff_low"], d["diff_high"]],
@@ -204,14 +211,14 @@ def _headline(s: dict[str, Any], choice, eta: float, base_t) -> dict[str, Any]:
             "throughput_ratio": None if speed is None else speed["speedup"]}
 
 
-def _resampling(cfg: DemoConfig, base_h, sac_h, base_t, sac_t, draws: int = 200) -> dict[str, Any]:
-    """Does the certificate hold on these records? The held-out and test records pooled are the
+def _resampling(cfg: DemoConfig, base_c, sac_c, base_t, sac_t, draws: int = 200) -> dict[str, Any]:
+    """Does the certificate hold on these records? The calibration and test records pooled are the
     population; calibration sets are drawn from it with replacement and each rule's η is judged
     by its true drop on the pool (:func:`sacvit.resampling.resample_check`)."""
-    pool = {k: np.concatenate([getattr(sac_h, k), getattr(sac_t, k)])
+    pool = {k: np.concatenate([getattr(sac_c, k), getattr(sac_t, k)])
             for k in ("confidence", "correct_ee", "correct_sac", "gmacs_ee", "gmacs_sac")}
-    ref = np.concatenate([base_h, base_t])
-    n_cal = len(sac_h)
+    ref = np.concatenate([base_c, base_t])
+    n_cal = len(sac_c)
     check = resample_check(pool["confidence"], pool["correct_ee"], pool["correct_sac"], ref,
                                    pool["gmacs_ee"], pool["gmacs_sac"], n_cal=n_cal, draws=draws,
                                    max_drop=cfg.tolerance, delta=cfg.delta, seed=cfg.seed)
@@ -220,11 +227,11 @@ def _resampling(cfg: DemoConfig, base_h, sac_h, base_t, sac_t, draws: int = 200)
 
 def _select_baseline(ev: Evidence, standin: Path, tuned: Path) -> tuple[Path, dict[str, Any]]:
     """The baseline may not end below an earlier checkpoint of itself: of the stand-in (the
-    baseline before its fine-tuning) and the fine-tuned weights, the better on the held-out split."""
+    baseline before its fine-tuning) and the fine-tuned weights, the better on the validation split."""
     scores = {"stand-in": 100 * float(ev.plain(standin, "holdout").mean()),
               "fine-tuned": 100 * float(ev.plain(tuned, "holdout").mean())}
     chosen = "fine-tuned" if scores["fine-tuned"] > scores["stand-in"] else "stand-in"
-    print(f"baseline: {chosen} (held-out top-1: stand-in {scores['stand-in']:.2f}%, fine-tuned "
+    print(f"baseline: {chosen} (validation top-1: stand-in {scores['stand-in']:.2f}%, fine-tuned "
           f"{scores['fine-tuned']:.2f}%)", flush=True)
     return (tuned if chosen == "fine-tuned" else standin), {"holdout_top1": scores, "chosen": chosen}
 
@@ -232,7 +239,7 @@ def _select_baseline(ev: Evidence, standin: Path, tuned: Path) -> tuple[Path, di
 def _ee_view(cfg: DemoConfig, split: str):
     """The split at 56 px: the 112-px images downsampled as the EE stage does (for the EE-res ViT)."""
     budget = cfg.budget()
-    length = budget.test if split == "test" else budget.holdout
+    length = getattr(budget, split)
     return build_dataset("cluttered-fmnist", cfg.data_dir, split, 56, length=length, seed=cfg.seed, prerender=True,
                          cache_dir=Path(cfg.out) / "cache")
 

@@ -50,7 +50,7 @@ def targets(s: dict[str, Any]) -> dict[str, tuple[float, bool]]:
     speed = bench_row(s, "sacvit", s["calibration"]["threshold"])
     d = s["sacvit_vs_baseline"]
     out = {
-        "certified on the held-out split (ε 0.5 pt, δ 0.05)": (float(s["calibration"]["certified"]),
+        "certified on the calibration split (ε 0.5 pt, δ 0.05)": (float(s["calibration"]["certified"]),
                                                               bool(s["calibration"]["certified"])),
         "top-1 gap to the baseline, point estimate (pt, ≥ −0.5)": (d["diff"], d["diff"] >= -0.5),
         "top-1 gap, paired 95% CI lower end (pt, ≥ −0.5: non-inferior)": (d["diff_low"], d["diff_low"] >= -0.5),
@@ -71,9 +71,9 @@ def markdown(s: dict[str, Any]) -> str:
     base = t["baseline"]
     n_test = base["images"]
     parts = [f"# sacvit demo — preset `{s['preset']}`\n",
-             f"Cluttered Fashion-MNIST (v2), {n_test} test images; η calibrated on {cal['images']} held-out "
-             f"training images ({cal['criterion']}: η = {eta:.4g}, criterion "
-             f"{'met' if cal['criterion_met'] else 'NOT met'} on the held-out split). Budget: "
+             f"Cluttered Fashion-MNIST (v2), {n_test} test images; η calibrated on {cal['images']} calibration "
+             f"images ({cal['criterion']}: η = {eta:.4g}, criterion "
+             f"{'met' if cal['criterion_met'] else 'NOT met'} on the calibration split). Budget: "
              f"{s['budget']['epochs']} epoch(s) of {s['budget']['train_length'] or 'all'} training images per model, "
              f"from the same stand-in; wall-clock {s['seconds'] / 60:.1f} min.\n"]
     lines = []
@@ -86,7 +86,7 @@ def markdown(s: dict[str, Any]) -> str:
                       f"{100 * r['gmacs'] / base['gmacs']:.0f}%",
                       "–" if r["exit_share"] is None else f"{100 * r['exit_share']:.1f}%", *speed])
     at = s["at_eta"]
-    lines.append([f"**SAC-ViT, calibrated η**", f"{eta:.3g}", f"**{_ci(at)}**", f"{at['gmacs']:.4f}",
+    lines.append(["**SAC-ViT, calibrated η**", f"{eta:.3g}", f"**{_ci(at)}**", f"{at['gmacs']:.4f}",
                   f"{100 * at['gmacs'] / base['gmacs']:.0f}%", f"{100 * at['exit_share']:.1f}%",
                   *_speed(bench_row(s, "sacvit", eta))])
     parts.append("## Headline (test split)\n")
@@ -122,19 +122,19 @@ def markdown(s: dict[str, Any]) -> str:
         parts.append(_family_section(s))
     if s.get("exit_scores"):
         e = s["exit_scores"]
-        parts.append(f"\n## Exit score (held-out split, {e['images']} images; T = {e['temperature']:.3g} fitted there)\n")
-        parts.append(_table(["score", "EE ECE", "certified η", "GMACs share at it", "held-out top-1 at 25 / 30 / 40% GMACs"],
+        parts.append(f"\n## Exit score (validation split, {e['images']} images; T = {e['temperature']:.3g} fitted there)\n")
+        parts.append(_table(["score", "EE ECE", "certified η", "GMACs share at it", "validation top-1 at 25 / 30 / 40% GMACs"],
                             [[r["score"], "–" if r["ece"] is None else f"{100 * r['ece']:.1f}%",
                               "not certified" if r["threshold"] is None else f"{r['threshold']:.3g}",
                               f"{100 * r['gmacs_share']:.1f}%",
                               " / ".join(f"{v:.2f}" for v in r["holdout_top1_at_matched_gmacs"].values())]
                              for r in e["scores"]]))
-        parts.append(f"\nBest on held-out at matched GMACs: {e['held_out_best']}; the default stays {e['default']} "
+        parts.append(f"\nBest on validation at matched GMACs: {e['held_out_best']}; the default stays {e['default']} "
                      "(the paper's) unless changed with `--sac '{\"exit_score\": …}'`.\n")
     if s.get("ablations"):
-        parts.append("\n## Ablations (Figure 3): each design removed in turn, own η calibrated on held-out data\n")
+        parts.append("\n## Ablations (Figure 3): each design removed in turn, own η calibrated on the validation split\n")
         parts.append(_table(["variant", "η", "top-1 % [95% CI]", "GMACs/img", "exit @ EE", "SAC only", "EE only",
-                             "vs baseline (pt, 95% CI)", "held-out top-1 / GMACs at η"],
+                             "vs baseline (pt, 95% CI)", "validation top-1 / GMACs at η"],
                             [[r["label"], f"{r['threshold']:.3g}" + ("" if r["criterion_met"] else " (criterion not met)"),
                               _ci(r), f"{r['gmacs']:.4f}", f"{100 * r['exit_share']:.1f}%", f"{r['top1_sac_only']:.2f}",
                               f"{r['top1_ee_only']:.2f}", _short(r["vs_baseline"]),
@@ -143,18 +143,18 @@ def markdown(s: dict[str, Any]) -> str:
     sel = s.get("baseline_selection")
     if sel:
         h = sel["holdout_top1"]
-        parts.append("\n## Baseline checkpoint (held-out split)\n")
+        parts.append("\n## Baseline checkpoint (validation split)\n")
         parts.append(f"The baseline may not end below an earlier checkpoint of itself: stand-in {h['stand-in']:.2f}%, "
-                     f"fine-tuned {h['fine-tuned']:.2f}% held-out top-1; reported: the {sel['chosen']} weights.\n")
-    parts.append("\n## Calibration (held-out split)\n")
-    parts.append(f"Baseline held-out top-1 {cal['baseline_holdout_top1']:.2f}%; "
+                     f"fine-tuned {h['fine-tuned']:.2f}% validation top-1; reported: the {sel['chosen']} weights.\n")
+    parts.append("\n## Calibration (calibration split)\n")
+    parts.append(f"Baseline calibration-split top-1 {cal['baseline_calibration_top1']:.2f}%; "
                  + (f"certified η = {eta:.4g} reaches {cal['top1']:.2f}% at {cal['gmacs']:.4f} GMACs/img with "
                     f"{100 * cal['exit_share']:.1f}% exiting ({cal['criterion']}). {cal['statement']}\n"
                     if cal.get("certified") else
                     f"nothing certified ({cal['criterion']}): {cal.get('statement', '')} Reported at SAC only.\n"))
     rs = s.get("resampling")
     if rs:
-        parts.append("\n## Does the guarantee hold? (resampling the held-out + test records)\n")
+        parts.append("\n## Does the guarantee hold? (resampling the calibration + test records)\n")
         parts.append(f"{rs['draws']} calibration sets of {rs['n_cal']} images drawn with replacement from the "
                      f"{rs['pool']} pooled records; each rule's η judged by its true drop on the pool "
                      f"(ε = {rs['max_drop']:g} pt, δ = {rs['delta']:g}).\n")
@@ -162,6 +162,9 @@ def markdown(s: dict[str, Any]) -> str:
                             [[k, f"{v['violation_rate']:.3f}", f"{v['se']:.3f}", f"{v['returned_rate']:.2f}",
                               "–" if v["gmacs_share"] is None else f"{v['gmacs_share']:.3f}"]
                              for k, v in rs["rules"].items()]))
+    x = s.get("exchangeability")
+    if x:
+        parts.append(_exchangeability_section(x))
     h = s.get("headline")
     if h:
         parts.append("\n## Headline (test split)\n")
@@ -170,10 +173,26 @@ def markdown(s: dict[str, Any]) -> str:
                      f"{h['baseline_test_top1']:.2f}% ({h['test_diff_pt']:+.2f} pt, paired 95% CI "
                      f"[{h['test_diff_ci'][0]:+.2f}, {h['test_diff_ci'][1]:+.2f}]; non-inferior at ε: "
                      f"{h['non_inferior']}); batch-64 throughput ×{h['throughput_ratio'] or float('nan'):.2f}.\n")
-    parts.append("\n## Validation curves (held-out split)\n")
+    parts.append("\n## Validation curves (validation split)\n")
     parts.append(_table(["run", "points (training images seen → top-1 %)"],
                         [[k, ", ".join(f"{x / 1000:.0f}k → {y:.2f}" for x, y in v)] for k, v in s["curves"].items()]))
     return "\n".join(parts)
+
+
+def _exchangeability_section(x: dict[str, Any]) -> str:
+    """Do the calibration and test splits agree? (the premise of the guarantee, measured)."""
+    def gap_row(name: str, g: dict[str, Any], fmt: str = ".2f") -> list[str]:
+        return [name, format(g["diff_1"], fmt), format(g["diff_2"], fmt),
+                f"{g['gap']:+.2f} [{g['gap_low']:+.2f}, {g['gap_high']:+.2f}]", f"{g['p_value']:.2f}"]
+    ks = x["confidence_ks"]
+    rows = [gap_row("SAC-ViT at η − baseline (pt)", x["diff_gap"], "+.2f"), gap_row("SAC only top-1 (%)", x["sac_only_gap"]),
+            gap_row("EE top-1 (%)", x["ee_gap"]), gap_row("baseline top-1 (%)", x["baseline_gap"])]
+    return ("\n## Do the calibration and test splits agree?\n"
+            f"At η = {x['threshold']:.4g}: exit share {100 * x['exit_share']['calibration']:.1f}% (calibration) vs "
+            f"{100 * x['exit_share']['test']:.1f}% (test); EE confidence distributions: KS {ks['statistic']:.3f}, "
+            f"p = {ks['p_value']:.2f}. Gaps are calibration − test, with a 95% interval; splits drawn alike "
+            "leave 0 outside it in about 5% of runs.\n"
+            + _table(["quantity", "calibration", "test", "gap [95% CI]", "p"], rows) + "\n")
 
 
 def _family_section(s: dict[str, Any]) -> str:
@@ -188,9 +207,9 @@ def _family_section(s: dict[str, Any]) -> str:
         lines.append([e["method"], thr, f"{e['test_top1']:.2f} [{lo:.2f}, {hi:.2f}]", f"{100 * e['gmacs_share']:.0f}%",
                       ratio, _short(e["vs_baseline"]) if "vs_baseline" in e else "–", vs_sac])
     out = ["\n## The adaptive-ViT family (Figure 1): same stand-in, recipe, budget, ε and δ\n",
-           _table(["method", "η (held-out certified)", "top-1 % [95% CI]", "GMACs vs baseline", "throughput (batch 64)",
+           _table(["method", "η (certified on calibration)", "top-1 % [95% CI]", "GMACs vs baseline", "throughput (batch 64)",
                    "− baseline (pt, 95% CI)", "SAC-ViT − this (pt, 95% CI)"], lines),
-           "\n### At matched GMACs (η chosen on the held-out split for each target)\n"]
+           "\n### At matched GMACs (η chosen on the calibration split for each target)\n"]
     rows = [[f"{100 * m['target_share']:.0f}%", m["method"], f"{m['threshold']:.3g}", f"{100 * m['gmacs_share']:.1f}%",
              f"{m['test_top1']:.2f} [{m['test_top1_ci'][0]:.2f}, {m['test_top1_ci'][1]:.2f}]",
              _short(m["sacvit_vs_this"]) if "sacvit_vs_this" in m else "–"] for m in s.get("matched_gmacs", [])]
@@ -202,7 +221,7 @@ def _family_section(s: dict[str, Any]) -> str:
 def verdict(s: dict[str, Any]) -> str:
     """One paragraph for the terminal."""
     at, base, d = s["at_eta"], s["test"]["baseline"], s["sacvit_vs_baseline"]
-    lines = [f"\nSAC-ViT at η = {s['calibration']['threshold']:.3g} (chosen on held-out data): top-1 {at['top1']:.2f}% vs "
+    lines = [f"\nSAC-ViT at η = {s['calibration']['threshold']:.3g} (certified on the calibration split): top-1 {at['top1']:.2f}% vs "
              f"baseline {base['top1']:.2f}% ({d['diff']:+.2f} pt, 95% CI [{d['diff_low']:+.2f}, {d['diff_high']:+.2f}], "
              f"McNemar p = {d['p_value']:.3g}) at {100 * at['gmacs'] / base['gmacs']:.0f}% of the baseline's GMACs, "
              f"{100 * at['exit_share']:.0f}% exiting at EE ({base['images']} test images)."]

@@ -7,7 +7,7 @@ cumulative sums, no loop over thresholds); :func:`choose_threshold` picks the po
 budget and returns an η in the middle of its confidence gap, so that a recomputation with
 rounding-level differences exits the same images.
 
-η must be chosen on a split the reported numbers do not come from (the ``holdout`` split).
+η must be chosen on a split the reported numbers do not come from (the ``calibration`` split).
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def certified_choice(records: StageRecords, reference_correct: np.ndarray | None
                   reference_top1=cert.reference_top1, bound=cert.bound, statement=cert.statement)
 
 
-def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=None, split: str = "holdout",
+def calibrate(checkpoint, dataset=None, *, data: str | None = None, data_dir=None, split: str = "calibration",
               length: int | None = None, seed: int | None = None, budget_gmacs: float | None = None,
               max_drop: float | None = None, delta: float = 0.05, rule: str = "certified", test: str = "betting",
               reference_checkpoint=None, agreement: bool = False, exit_share: float | None = None,

@@ -294,7 +294,7 @@ def _start_summary(run: Run, given: bool = False) -> str:
     where = f"{d.world} processes on {d.device.type}" if d.world > 1 else f"device {d.device}"
     epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
     return (f"train: {cfg.model} on {data}: {count_images(len(train_set), 'training image')}, "
-            f"{count_images(len(val_set), 'held-out image')}, "
+            f"{count_images(len(val_set), 'validation image')}, "
             f"{len(classes)} classes ({shown})\n"
             f"       {weights}; {where}; {epochs} × {run.steps_per_epoch} steps of {cfg.batch_size}; "
             f"writing {cfg.out_dir}")
