@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
-from ..data import DATASET_NAMES, SPLITS
 from ..engine.calibrate import RULES, TESTS
-from .common import HelpFormatter, nonnegative, open_unit_interval, positive, unit_interval
+from .common import HelpFormatter, add_data_options, nonnegative, open_unit_interval, positive, unit_interval
 
 __all__ = ["add_parser"]
 
@@ -47,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``sacvit calibrate``."""
     p = subparsers.add_parser(
         "calibrate", help="choose η for a GMACs, accuracy-drop or exit-share budget; store it in the checkpoint",
-        description="Sweep every exit threshold of a SAC-ViT checkpoint on held-out images, print the "
+        description="Sweep every exit threshold of a SAC-ViT checkpoint on calibration images, print the "
                     "curve, pick the η that meets the budget and store it in the checkpoint.",
         epilog=_EXAMPLES, formatter_class=HelpFormatter)
     a = p.add_argument
@@ -69,13 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     ref.add_argument("--agreement", action="store_true",
                      help="label-free: bound the share of exits that disagree with SAC only (no labels used)")
     a("--json", action="store_true", help="print one JSON object (threshold, certified, rule, bound, …) and nothing else")
-    a("--data", choices=DATASET_NAMES, default=None, help="dataset (default: the checkpoint's training data)")
-    a("--data-dir", default=None, help="dataset folder (default for Fashion-MNIST: the system copy)")
-    a("--split", choices=SPLITS, default="calibration", help="split to calibrate on (default: calibration)")
-    a("--length", type=int, default=None, help="use only this many images of the split")
-    a("--seed", type=int, default=None, help="layout seed of generated data (default: the training seed)")
-    a("--batch-size", type=int, default=64, help="batch size")
-    a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    add_data_options(p, "calibration", "split to calibrate on (default: calibration)")
     a("--dry-run", action="store_true", help="report the choice without changing the checkpoint")
     a("--out", default=None, help="also write the whole curve to OUT/calibration.csv and OUT/calibration.png")
     a("--ignore-class-names", action="store_true",

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any, Callable
 
-__all__ = ["HelpFormatter", "checkpoint_eta", "json_dict", "nonnegative", "number_list", "open_unit_interval",
+from ..data import DATASET_NAMES, SPLITS
+
+__all__ = ["HelpFormatter", "add_data_options", "checkpoint_eta", "json_dict", "nonnegative", "number_list", "open_unit_interval",
            "positive", "thresholds", "unit_interval"]
 
 
@@ -18,6 +20,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "default" in text or action.default in (None, False, True, argparse.SUPPRESS) or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
+
+
+def add_data_options(p: argparse.ArgumentParser, split: str, split_help: str) -> None:
+    """The options that name a checkpoint's labelled data: ``--data``, ``--data-dir``, ``--split``
+    (default ``split``), ``--length``, ``--seed``, ``--batch-size`` and ``--device``."""
+    a = p.add_argument
+    a("--data", choices=DATASET_NAMES, default=None, help="dataset (default: the checkpoint's training data)")
+    a("--data-dir", default=None,
+      help="dataset folder (default: the checkpoint's, for its training dataset; for Fashion-MNIST: the system copy)")
+    a("--split", choices=SPLITS, default=split, help=split_help)
+    a("--length", type=int, default=None, help="use only this many images of the split")
+    a("--seed", type=int, default=None, help="layout seed of generated data (default: the training seed)")
+    a("--batch-size", type=int, default=64, help="batch size")
+    a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
 
 
 def json_dict(text: str) -> dict[str, Any]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from .. import plots
-from ..data import DATASET_NAMES, SPLITS, build_dataset, recorded_source
+from ..data import build_dataset, recorded_source
 from ..data.classes import IGNORE_HINT, check_class_names, count_images, describe_data
 from ..devices import resolve_device
 from ..io.checkpoint import load_checkpoint, read_metadata
 from ..engine.evaluate import COLUMNS, DEFAULT_THRESHOLDS, evaluate
 from ..report import SWEEP_TABLE, format_table, write_csv
-from .common import HelpFormatter, checkpoint_eta, thresholds
+from .common import HelpFormatter, add_data_options, checkpoint_eta, thresholds
 
 __all__ = ["add_parser"]
 
@@ -41,16 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--thresholds", type=thresholds, default=None,
       help=f"comma-separated exit thresholds η (default: {','.join(map(str, DEFAULT_THRESHOLDS))} and the "
            f"checkpoint's calibrated η, if `sacvit calibrate` stored one)")
-    a("--data", choices=DATASET_NAMES, default=None, help="dataset (default: the checkpoint's training data)")
-    a("--data-dir", default=None,
-      help="dataset folder (default: the checkpoint's, for its training dataset; for Fashion-MNIST: the system copy)")
-    a("--split", choices=SPLITS, default="test", help="split to evaluate on")
-    a("--length", type=int, default=None, help="use only this many images of the split")
-    a("--seed", type=int, default=None, help="layout seed of generated data (default: the training seed)")
-    a("--batch-size", type=int, default=64, help="batch size")
+    add_data_options(p, "test", "split to evaluate on")
     a("--workers", type=int, default=0, help="DataLoader workers")
     a("--timing-batches", type=int, default=8, help="batches timed per row for img/s (0: no timing)")
-    a("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
     a("--out", default="runs/eval", help="output folder for results.csv and the plots")
     a("--ignore-class-names", action="store_true",
       help="match the checkpoint's classes to the data's by index even when their names differ "
