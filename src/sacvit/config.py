@@ -17,7 +17,7 @@ import numbers
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 __all__ = ["SACConfig", "DVTConfig", "ConfigTypeError"]
 
@@ -83,8 +83,26 @@ def _from_dict(cls: type, d: Any) -> Any:
     return cls(**d)
 
 
+class _JsonConfig:
+    """``to_dict``/``from_dict`` of the method configurations (checkpoint metadata, timm kwargs)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (tuples become lists), for checkpoint metadata."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: unknown keys or a value out of range.
+            ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
+        """
+        return _from_dict(cls, d)
+
+
 @dataclass
-class SACConfig:
+class SACConfig(_JsonConfig):
     """Configuration of the SAC-ViT method on top of a ViT backbone.
 
     Attributes:
@@ -160,23 +178,10 @@ class SACConfig:
             if not ok:
                 raise ValueError(message)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists), for checkpoint metadata."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            ValueError: unknown keys or a value out of range.
-            ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
-        """
-        return _from_dict(cls, d)
 
 
 @dataclass
-class DVTConfig:
+class DVTConfig(_JsonConfig):
     """Configuration of the DVT cascade (:class:`~sacvit.model.dvt.DVT`) on top of its ViT stages.
 
     Attributes:
@@ -213,18 +218,3 @@ class DVTConfig:
             if not ok:
                 raise ValueError(message)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists), for checkpoint metadata."""
-        d = dataclasses.asdict(self)
-        d["grids"] = list(self.grids)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DVTConfig":
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            ValueError: unknown keys or a value out of range.
-            ConfigTypeError: ``d`` is not a dict or a value has the wrong type (also a ValueError).
-        """
-        return _from_dict(cls, d)

@@ -167,7 +167,7 @@ def markdown(s: dict[str, Any]) -> str:
         parts.append(_exchangeability_section(x))
     h = s.get("headline")
     if h:
-        parts.append("\n## Headline (test split)\n")
+        parts.append("\n## Headline object (`summary.json` → `headline`)\n")
         parts.append(f"certified: {h['certified']}; η = {h['reported_threshold']:.4g}; "
                      f"{100 * h['gmacs_share']:.1f}% of the baseline's GMACs; top-1 {h['test_top1']:.2f}% vs "
                      f"{h['baseline_test_top1']:.2f}% ({h['test_diff_pt']:+.2f} pt, paired 95% CI "
