@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 
 _EXAMPLES = """\
 examples:
-  sacvit demo                                   # what `make demo` runs (preset demo, 5–11 min on 2 cores)
+  sacvit demo                                   # what `make demo` runs (preset demo, 9 min on 2 cores from a fresh clone)
   sacvit demo --preset full --out runs/full     # the README's headline numbers (23 min on 2 cores, resumable)
   sacvit demo --ablations                       # also the Figure-3 set (12.5 min more on 2 cores)
   sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=PIPELINE_DOC, epilog=_EXAMPLES, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--out", default=d.out, help="output folder")
-    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (5–11 min) or full (23 min, 2 cores; README)")
+    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (9 min) or full (2.5 h with the family, 45 min with --family none; 2 cores, README)")
     a("--data-dir", default=None,
       help="folder with the Fashion-MNIST idx files (default /usr/share/datasets/fashion-mnist, from Debian's "
            "dataset-fashion-mnist)")

@@ -2,7 +2,7 @@
 
 * :class:`Recipe` — the fine-tuning recipe every compared model gets (baseline, SAC-ViT, the
   EE-resolution ViT, every ablation), from the same stand-in weights;
-* :data:`PRESETS` — ``demo`` (``make demo``, 5–11 minutes on 2 CPU cores) and ``full``
+* :data:`PRESETS` — ``demo`` (``make demo``, 9 minutes on 2 CPU cores from a fresh clone) and ``full``
   (23 minutes on 2 CPU cores: the README's headline numbers);
 * :class:`DemoConfig` — one run: a preset plus where the data, the stand-in and the outputs are.
 """
