@@ -148,7 +148,9 @@ def exchangeability(eta: float, labels: dict[str, np.ndarray], baseline: dict[st
         paired difference and the exit share.
     """
     (cal, test), zeros = ("calibration", "test"), {k: np.zeros(len(v), bool) for k, v in baseline.items()}
-    at = {k: sac_correct(sac[k], eta) for k in (cal, test)}
+    exited, at = {}, {}
+    for k in (cal, test):
+        exited[k], at[k], _ = sac[k].at(eta)  # the exit rule of predict (float32 comparison)
     ks, p = ks_two_sample(sac[cal].confidence, sac[test].confidence)
     per_class = []
     for c in sorted(set(np.asarray(labels[cal]).tolist()) | set(np.asarray(labels[test]).tolist())):
@@ -156,7 +158,7 @@ def exchangeability(eta: float, labels: dict[str, np.ndarray], baseline: dict[st
         for k in (cal, test):
             m = np.asarray(labels[k]) == c
             item[k] = {"images": int(m.sum()), "diff": 100 * float(at[k][m].mean() - baseline[k][m].mean()),
-                       "exit_share": float((sac[k].confidence[m] >= eta).mean())} if m.any() else None
+                       "exit_share": float(exited[k][m].mean())} if m.any() else None
         per_class.append(item)
     return {"threshold": eta,
             "diff_gap": gap(baseline[cal], at[cal], baseline[test], at[test]).to_dict(),
@@ -164,7 +166,7 @@ def exchangeability(eta: float, labels: dict[str, np.ndarray], baseline: dict[st
             "ee_gap": gap(zeros[cal], sac[cal].correct_ee, zeros[test], sac[test].correct_ee).to_dict(),
             "baseline_gap": gap(zeros[cal], baseline[cal], zeros[test], baseline[test]).to_dict(),
             "confidence_ks": {"statistic": ks, "p_value": p},
-            "exit_share": {k: float((sac[k].confidence >= eta).mean()) for k in (cal, test)},
+            "exit_share": {k: float(exited[k].mean()) for k in (cal, test)},
             "per_class": per_class}
 
 
