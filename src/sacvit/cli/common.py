@@ -91,6 +91,17 @@ unit_interval = _bounded(lambda v: 0 <= v <= 1, "in [0, 1]")
 open_unit_interval = _bounded(lambda v: 0 < v < 1, "in (0, 1)")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {text}")
+    return value
+
+
 def checkpoint_eta(meta: Any) -> str:
     """A checkpoint's default η for a summary line: ``η = 0.643 (calibrated)``.
 

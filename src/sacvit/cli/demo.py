@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ..demo import PIPELINE_DOC, PRESETS, DemoConfig, run_demo
-from .common import HelpFormatter, json_dict, nonnegative, number_list
+from .common import HelpFormatter, json_dict, nonnegative, number_list, positive_int
 
 __all__ = ["add_parser"]
 
 _EXAMPLES = """\
 examples:
   sacvit demo                                   # what `make demo` runs (preset demo, 9 min on 2 cores from a fresh clone)
-  sacvit demo --preset full --out runs/full     # the README's headline numbers (23 min on 2 cores, resumable)
+  sacvit demo --preset full --out runs/full     # the README's headline numbers (2.5 h on 2 cores, resumable)
+  sacvit demo --preset full --family none --epochs 8 --out runs/full8   # the convergence check: twice the budget
   sacvit demo --ablations                       # also the Figure-3 set (12.5 min more on 2 cores)
   sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
   sacvit demo --sac '{"window": 4}' --out runs/demo_m4
@@ -28,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a = p.add_argument
     a("--out", default=d.out, help="output folder")
     a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (9 min) or full (2.5 h with the family, 45 min with --family none; 2 cores, README)")
+    a("--epochs", type=positive_int, default=None,
+      help="fine-tuning epochs of every compared model (default: the preset's — 1 for demo, 4 for full); "
+           "another budget needs another --out folder")
     a("--data-dir", default=None,
       help="folder with the Fashion-MNIST idx files (default /usr/share/datasets/fashion-mnist, from Debian's "
            "dataset-fashion-mnist)")
@@ -61,5 +65,6 @@ def _family(text: str) -> tuple[str, ...]:
 def _run(args: argparse.Namespace) -> int:
     run_demo(DemoConfig(out=args.out, preset=args.preset, data_dir=args.data_dir, standin=args.standin, sac=args.sac,
                         tolerance=args.tolerance, thresholds=tuple(args.thresholds), ablations=args.ablations,
-                        bench=args.bench, seed=args.seed, family=args.family))
+                        bench=args.bench, seed=args.seed, family=args.family,
+                        overrides={} if args.epochs is None else {"epochs": args.epochs}))
     return 0
