@@ -152,6 +152,8 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     assert records[-1]["steps"] == 3 * steps // 2
     assert state.scheduler["last_epoch"] == records[-1]["steps"]
     assert all(s["step"] == records[-1]["steps"] for s in state.optimizer["state"].values())  # continued
+    scores = [r["val_top1_sac"] for r in records]  # the best epoch survives the resume
+    assert read_metadata(run / "best.safetensors").epoch == 1 + scores.index(max(scores))
 
     base = train(tiny_cfg(tmp_path / "plain", model=PLAIN_NAME, sac={}, epochs=1))
     assert "val_top1" in lines(tmp_path / "plain" / "metrics.jsonl")[0]
@@ -180,6 +182,20 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
         assert [r["mode"] for r in csv.DictReader(f)] == [r["mode"] for r in rows]
     assert plots.accuracy_vs_gmacs(rows, tmp_path / "eval" / "a.png").stat().st_size > 0
     assert plots.per_stage(rows, tmp_path / "eval" / "b.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("scores, kept", [([70.0, 72.0, 71.0], 2), ([70.0, 72.0, 72.0], 2), ([None, 60.0], 2),
+                                          ([75.0, None, 74.0], 1), ([70.0, 71.0, 73.5], 3)])
+def test_best_checkpoint_is_the_first_epoch_with_the_top_score(tmp_path, scores, kept):
+    from sacvit.engine.train import _keep_best
+
+    history = []
+    for epoch, score in enumerate(scores, start=1):
+        (tmp_path / "last.safetensors").write_text(f"epoch {epoch}")
+        history.append({"epoch": epoch, **({} if score is None else {"val_top1": score})})
+        _keep_best(tmp_path, history)
+    assert (tmp_path / "best.safetensors").read_text() == f"epoch {kept}"
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

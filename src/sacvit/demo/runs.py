@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..engine.train import CHECKPOINT, TrainConfig, train
+from ..engine.train import BEST, CHECKPOINT, TrainConfig, train
 from ..io.checkpoint import read_metadata
 from ..io.train_state import has_checkpoint
 from ..model.registry import method_of
@@ -30,7 +30,10 @@ SAC_MODEL, PLAIN_MODEL = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
 
 def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dict[str, Any] | None = None,
               recipe_changes: dict[str, Any] | None = None, img_size: int | None = None) -> Path:
-    """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint.
+    """Fine-tune ``model`` from ``standin`` into ``OUT/name`` (resume or reuse); its checkpoint:
+    the weights of its best epoch on the validation split (early stopping: a model never ends
+    below an earlier epoch of itself) — ``last.safetensors`` when that is the last epoch (or the
+    folder predates best checkpoints), ``best.safetensors`` otherwise.
 
     ``sac`` changes the SAC configuration, ``recipe_changes`` the recipe (an ablation's change). The
     demo's SAC-ViT settings (``cfg.sac``) apply to SAC-ViT only; a predecessor starts from its own
@@ -53,10 +56,15 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     if resume:
         _check_same_run(out, run)
     if ckpt.is_file() and read_metadata(ckpt).epoch >= budget.epochs:
-        print(f"reusing {ckpt} ({budget.epochs} epochs; delete the folder to retrain)", flush=True)
-        return ckpt
-    print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)
-    return train(dataclasses.replace(run, resume=resume))
+        print(f"reusing {out} ({budget.epochs} epochs; delete the folder to retrain)", flush=True)
+    else:
+        print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)
+        train(dataclasses.replace(run, resume=resume))
+    best = out / BEST
+    if best.is_file() and read_metadata(best).epoch != read_metadata(ckpt).epoch:
+        print(f"{name}: the weights of epoch {read_metadata(best).epoch}, its best on the validation split", flush=True)
+        return best
+    return ckpt
 
 
 #: TrainConfig fields that do not change what is trained.

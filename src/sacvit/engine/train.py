@@ -14,7 +14,8 @@ of them. Only rank 0 writes files (see :mod:`.distributed` for the process setup
 
 Outputs in ``out_dir``: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``steps.jsonl``
 (with ``log_every``), after every epoch ``last.safetensors`` — the weights to use (the EMA
-weights when EMA is on) with their metadata — and the training checkpoints of
+weights when EMA is on) with their metadata —, a copy of them as ``best.safetensors`` whenever
+the epoch's validation score beats every earlier one (early stopping), and the training checkpoints of
 :mod:`.train_state` (at epoch ends, every ``checkpoint_every`` steps and every
 ``checkpoint_minutes``), from which ``resume`` (or a torchrun restart) continues bit-identically.
 
@@ -34,6 +35,8 @@ and the model's drop-path (:func:`_loss`).
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -52,10 +55,10 @@ from .distributed import Dist, all_mean, rng_state, setup, teardown
 from .logs import append_json
 from .loss import cascade_loss, cross_entropy, sac_loss
 from .resume import resume_epoch, save_everywhere, shared_state
-from .train_config import CHECKPOINT, TrainConfig
+from .train_config import BEST, CHECKPOINT, TrainConfig, selection_score
 from .train_setup import Run, check_config, start_run
 
-__all__ = ["TrainConfig", "train", "CHECKPOINT"]
+__all__ = ["TrainConfig", "train", "CHECKPOINT", "BEST"]
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -224,8 +227,21 @@ def _end_epoch(run: Run, ep: _Epoch) -> None:
     run.history.append(record)
     _save(run, 0, RankState(rng_state()), epoch=ep.index + 1, batch=0, record=record)
     if d.main:
+        _keep_best(run.out, run.history)
         append_json(run.out / "metrics.jsonl", record)
         print(_summary(record, cfg.epochs), flush=True)
+
+
+def _keep_best(out: Path, history: list[dict[str, Any]]) -> None:
+    """Copy ``last.safetensors`` to ``best.safetensors`` when the newest epoch's validation score
+    beats every earlier epoch's (atomically: a crash leaves the previous best)."""
+    score = selection_score(history[-1])
+    earlier = [s for s in map(selection_score, history[:-1]) if s is not None]
+    if score is None or any(s >= score for s in earlier):
+        return
+    tmp = out / (BEST + ".tmp")
+    shutil.copyfile(out / CHECKPOINT, tmp)
+    os.replace(tmp, out / BEST)
 
 
 def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> Path:

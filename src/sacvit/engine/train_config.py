@@ -5,10 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "CHECKPOINT"]
+__all__ = ["TrainConfig", "CHECKPOINT", "BEST", "selection_score"]
 
 #: The deployed weights of a run folder: ``out_dir/last.safetensors``.
 CHECKPOINT = "last.safetensors"
+#: The weights of the epoch with the highest validation score so far (:func:`selection_score`;
+#: ties keep the earlier epoch): ``out_dir/best.safetensors``.
+BEST = "best.safetensors"
+
+
+def selection_score(record: dict[str, Any]) -> float | None:
+    """The validation top-1 an epoch's weights are ranked by: the SAC stage's for a SAC-ViT (the
+    reference every exit threshold is compared with), the last stage's otherwise; ``None`` for
+    an epoch that was not validated."""
+    for key in ("val_top1_sac", "val_top1"):
+        if key in record:
+            return float(record[key])
+    return None
 
 
 @dataclass
