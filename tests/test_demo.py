@@ -145,3 +145,24 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
     scores = s["exit_scores"]
     assert [r["score"] for r in scores["scores"]] == ["max_prob", "temperature", "margin"] and scores["temperature"] > 0
     assert scores["held_out_best"] in ("max_prob", "temperature", "margin") and scores["images"] == 17
+
+
+@pytest.mark.slow
+def test_budget_check_sets_each_model_against_the_other_budget(standin, tmp_path):
+    root, data, path = standin
+    _demo(tmp_path / "one", data, path, bench=False)
+    s = _demo(tmp_path / "three", data, path, bench=False, overrides={"epochs": 3}, against=str(tmp_path / "one"))
+    rows = {r["model"]: r for r in s["budget_check"]["rows"]}
+    assert set(rows) == {"baseline", "SAC-ViT, SAC only", "SAC-ViT, EE stage", "plain ViT at 56 px"}
+    holdout = build_dataset("cluttered-fmnist", str(data), "holdout", 112)
+    for r in rows.values():
+        assert (r["other"]["epochs"], r["this"]["epochs"], r["images"]) == (1, 3, len(holdout))
+        assert r["diff"]["diff"] == pytest.approx(r["this"]["top1"] - r["other"]["top1"])
+        assert r["longer_helps"] == (r["diff"]["diff_low"] > 0)
+    for run, row in (("one", rows["baseline"]["other"]), ("three", rows["baseline"]["this"])):
+        best = max(json.loads(line)["val_top1"] for line in (tmp_path / run / "baseline" / "metrics.jsonl").open())
+        weights = row["folder"] + ("/best.safetensors" if row["epoch"] != row["epochs"] else "/last.safetensors")
+        assert 100 * plain_correct(load_checkpoint(weights)[0], holdout).mean() == pytest.approx(best, abs=1e-6)
+        assert row["top1"] == pytest.approx(best, abs=1e-6)  # each run reported at its best validation epoch
+    assert "Is the budget enough?" in (tmp_path / "three" / "report.md").read_text()
+    assert any("(--against)" in label for label in s["curves"])

@@ -13,7 +13,7 @@ _EXAMPLES = """\
 examples:
   sacvit demo                                   # what `make demo` runs (preset demo, 9 min on 2 cores from a fresh clone)
   sacvit demo --preset full --out runs/full     # the README's headline numbers (2.5 h on 2 cores, resumable)
-  sacvit demo --preset full --family none --epochs 8 --out runs/full8   # the convergence check: twice the budget
+  sacvit demo --preset full --family none --epochs 8 --out runs/full8 --against runs/full   # twice the budget: enough?
   sacvit demo --ablations                       # also the Figure-3 set (12.5 min more on 2 cores)
   sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
   sacvit demo --sac '{"window": 4}' --out runs/demo_m4
@@ -32,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--epochs", type=positive_int, default=None,
       help="fine-tuning epochs of every compared model (default: the preset's — 1 for demo, 4 for full); "
            "another budget needs another --out folder")
+    a("--against", default=None, metavar="OTHER_OUT",
+      help="another demo output folder trained with another --epochs: set each compared model against its "
+           "namesake there on the validation split (the convergence check, in the report)")
     a("--data-dir", default=None,
       help="folder with the Fashion-MNIST idx files (default /usr/share/datasets/fashion-mnist, from Debian's "
            "dataset-fashion-mnist)")
@@ -66,5 +69,5 @@ def _run(args: argparse.Namespace) -> int:
     run_demo(DemoConfig(out=args.out, preset=args.preset, data_dir=args.data_dir, standin=args.standin, sac=args.sac,
                         tolerance=args.tolerance, thresholds=tuple(args.thresholds), ablations=args.ablations,
                         bench=args.bench, seed=args.seed, family=args.family,
-                        overrides={} if args.epochs is None else {"epochs": args.epochs}))
+                        against=args.against, overrides={} if args.epochs is None else {"epochs": args.epochs}))
     return 0

@@ -135,6 +135,9 @@ class DemoConfig:
         overrides: a :class:`Preset` field → value map applied on top of the preset.
         family: the predecessors to train and compare (default: the preset's), e.g.
             ``("cfvit", "lfvit", "dvt")``.
+        against: another demo output folder, trained with another budget (``--epochs``): each
+            compared model is set against its namesake there on the validation split, the
+            convergence check (:mod:`~sacvit.demo.convergence`).
     """
 
     out: str = "runs/demo"
@@ -156,6 +159,7 @@ class DemoConfig:
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     family: tuple[str, ...] | None = None
+    against: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.family or ()) - {"cfvit", "lfvit", "dvt"})

@@ -46,6 +46,7 @@ from ..report import SWEEP_TABLE, format_table, write_csv, write_json
 from ..viz import plot_clusters
 from .ablations import run_ablations
 from .config import DemoConfig
+from .convergence import budget_check
 from .evidence import SAC_ONLY, Evidence, calibrate, exchangeability, paired, plain_row, sac_correct
 from .exit_scores import exit_score_study
 from .family import run_family
@@ -94,6 +95,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "ee_res": fine_tune(cfg, "ee_res", PLAIN_MODEL, standin, img_size=56)}
     ev = Evidence(out, evaluation_datasets(cfg), cfg.seed)
     ee_res_data = {s: _ee_view(cfg, s) for s in ("test",)}
+    tuned = dict(ckpt)
     ckpt["baseline"], selection = _select_baseline(ev, standin, ckpt["baseline"])
 
     # ---- η on the calibration split (the baseline was chosen on the validation split)
@@ -162,6 +164,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
               "baseline fine-tune": _shift(curve(out / "baseline", "val_top1"), standin),
               "SAC-ViT fine-tune (SAC stage)": _shift(curve(out / "sacvit", "val_top1_sac"), standin),
               "SAC-ViT fine-tune (EE stage)": _shift(curve(out / "sacvit", "val_top1_ee"), standin)}
+    if cfg.against:
+        summary["budget_check"] = _budget_check(cfg, ev, tuned)
+        curves.update(_other_curves(cfg, summary["budget_check"], standin))
     summary["curves"] = curves
     summary["headline"] = _headline(summary, choice, eta, base_t)
     summary["resampling"] = _resampling(cfg, base_c, sac_c, base_t, sac_t)
@@ -238,6 +243,37 @@ def _select_baseline(ev: Evidence, standin: Path, tuned: Path) -> tuple[Path, di
     print(f"baseline: {chosen} (validation top-1: stand-in {scores['stand-in']:.2f}%, fine-tuned "
           f"{scores['fine-tuned']:.2f}%)", flush=True)
     return (tuned if chosen == "fine-tuned" else standin), {"holdout_top1": scores, "chosen": chosen}
+
+
+def _budget_check(cfg: DemoConfig, ev: Evidence, tuned: dict[str, Path]) -> dict[str, Any]:
+    """This run's fine-tuned models against ``cfg.against``'s, on the validation split."""
+    view = {}
+
+    def correct(label: str, weights: Path) -> np.ndarray:
+        if label == "baseline":
+            return ev.plain(weights, "holdout")
+        if label.startswith("SAC-ViT"):
+            records = ev.stages(weights, "holdout")
+            return records.correct_ee if "EE" in label else records.correct_sac
+        if "data" not in view:
+            view["data"] = _ee_view(cfg, "holdout")
+        return _plain_on(weights, view["data"], ev, "holdout-56px")
+
+    this = {"baseline": ("baseline", tuned["baseline"]), "SAC-ViT, SAC only": ("sacvit", tuned["sacvit"]),
+            "SAC-ViT, EE stage": ("sacvit", tuned["sacvit"]), "plain ViT at 56 px": ("ee_res", tuned["ee_res"])}
+    return budget_check(this, Path(cfg.against), correct, cfg.seed)
+
+
+def _other_curves(cfg: DemoConfig, check: dict[str, Any], standin: Path) -> dict[str, list[tuple[float, float]]]:
+    """The validation curves of the ``--against`` run, beside this run's."""
+    epochs = {r["model"]: r["other"]["epochs"] for r in check["rows"]}
+    other = Path(cfg.against)
+    out = {}
+    for label, folder, key, model in (("baseline", "baseline", "val_top1", "baseline"),
+                                   ("SAC-ViT (SAC stage)", "sacvit", "val_top1_sac", "SAC-ViT, SAC only")):
+        if model in epochs:
+            out[f"{label}, {epochs[model]} epochs (--against)"] = _shift(curve(other / folder, key), standin)
+    return out
 
 
 def _ee_view(cfg: DemoConfig, split: str):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data.cluttered import ClutteredFashionMNIST
+
 __all__ = ["markdown", "verdict", "bench_row", "targets"]
 
 
@@ -71,7 +73,7 @@ def markdown(s: dict[str, Any]) -> str:
     base = t["baseline"]
     n_test = base["images"]
     parts = [f"# sacvit demo — preset `{s['preset']}`\n",
-             f"Cluttered Fashion-MNIST (v2), {n_test} test images; η calibrated on {cal['images']} calibration "
+             f"Cluttered Fashion-MNIST (v{ClutteredFashionMNIST.VERSION}), {n_test} test images; η calibrated on {cal['images']} calibration "
              f"images ({cal['criterion']}: η = {eta:.4g}, criterion "
              f"{'met' if cal['criterion_met'] else 'NOT met'} on the calibration split). Budget: "
              f"{s['budget']['epochs']} epoch(s) of {s['budget']['train_length'] or 'all'} training images per model, "
@@ -146,6 +148,8 @@ def markdown(s: dict[str, Any]) -> str:
         parts.append("\n## Baseline checkpoint (validation split)\n")
         parts.append(f"The baseline may not end below an earlier checkpoint of itself: stand-in {h['stand-in']:.2f}%, "
                      f"fine-tuned {h['fine-tuned']:.2f}% validation top-1; reported: the {sel['chosen']} weights.\n")
+    if s.get("budget_check"):
+        parts.append(_budget_section(s["budget_check"]))
     parts.append("\n## Calibration (calibration split)\n")
     parts.append(f"Baseline calibration-split top-1 {cal['baseline_calibration_top1']:.2f}%; "
                  + (f"certified η = {eta:.4g} reaches {cal['top1']:.2f}% at {cal['gmacs']:.4f} GMACs/img with "
@@ -177,6 +181,20 @@ def markdown(s: dict[str, Any]) -> str:
     parts.append(_table(["run", "points (training images seen → top-1 %)"],
                         [[k, ", ".join(f"{x / 1000:.0f}k → {y:.2f}" for x, y in v)] for k, v in s["curves"].items()]))
     return "\n".join(parts)
+
+
+def _budget_section(b: dict[str, Any]) -> str:
+    """Is the budget enough? This run's models against the ``--against`` run's, on validation."""
+    def run(r: dict[str, Any]) -> str:
+        return f"{r['epochs']} (epoch {r['epoch']})"
+
+    rows = [[r["model"], run(r["other"]), f"{r['other']['top1']:.2f}", run(r["this"]), f"{r['this']['top1']:.2f}",
+             _diff(r["diff"]), "**yes**" if r["longer_helps"] else "no"] for r in b["rows"]]
+    n = b["rows"][0]["images"] if b["rows"] else 0
+    return (f"\n## Is the budget enough? (validation split, {n} images; against `{b['against']}`)\n"
+            "Each model's reported weights are its best epoch on the validation split (early stopping).\n\n"
+            + _table(["model", "other: epochs (reported)", "top-1 %", "this: epochs (reported)", "top-1 %",
+                      "this − other, paired", "longer budget helps (95% CI above 0)"], rows))
 
 
 def _exchangeability_section(x: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from ..io.train_state import has_checkpoint
 from ..model.registry import method_of
 from .config import DemoConfig
 
-__all__ = ["SAC_MODEL", "PLAIN_MODEL", "fine_tune", "curve"]
+__all__ = ["SAC_MODEL", "PLAIN_MODEL", "fine_tune", "chosen_weights", "curve"]
 
 SAC_MODEL, PLAIN_MODEL = "sacvit_demo_patch8_112", "deit_demo_patch8_112"
 
@@ -60,11 +60,19 @@ def fine_tune(cfg: DemoConfig, name: str, model: str, standin: Path, *, sac: dic
     else:
         print(f"{'resuming' if resume else 'training'} {name}: {model} from the stand-in → {out}", flush=True)
         train(dataclasses.replace(run, resume=resume))
-    best = out / BEST
-    if best.is_file() and read_metadata(best).epoch != read_metadata(ckpt).epoch:
-        print(f"{name}: the weights of epoch {read_metadata(best).epoch}, its best on the validation split", flush=True)
+    chosen = chosen_weights(out)
+    if chosen.name == BEST:
+        print(f"{name}: the weights of epoch {read_metadata(chosen).epoch}, its best on the validation split", flush=True)
+    return chosen
+
+
+def chosen_weights(run_dir: Path) -> Path:
+    """The weights a finished run folder is reported with: its best epoch on the validation split
+    (``best.safetensors``) when that is not the last, else ``last.safetensors``."""
+    best, last = Path(run_dir) / BEST, Path(run_dir) / CHECKPOINT
+    if best.is_file() and read_metadata(best).epoch != read_metadata(last).epoch:
         return best
-    return ckpt
+    return last
 
 
 #: TrainConfig fields that do not change what is trained.
