@@ -265,14 +265,17 @@ def _budget_check(cfg: DemoConfig, ev: Evidence, tuned: dict[str, Path]) -> dict
 
 
 def _other_curves(cfg: DemoConfig, check: dict[str, Any], standin: Path) -> dict[str, list[tuple[float, float]]]:
-    """The validation curves of the ``--against`` run, beside this run's."""
-    epochs = {r["model"]: r["other"]["epochs"] for r in check["rows"]}
-    other = Path(cfg.against)
+    """The ``--against`` run's reported weights beside this run's curves: one point each, at the
+    training images its reported epoch had seen, measured now on this run's validation split (its
+    own logged curve may come from another split or code version)."""
+    rows = {r["model"]: r["other"] for r in check["rows"]}
     out = {}
     for label, folder, key, model in (("baseline", "baseline", "val_top1", "baseline"),
-                                   ("SAC-ViT (SAC stage)", "sacvit", "val_top1_sac", "SAC-ViT, SAC only")):
-        if model in epochs:
-            out[f"{label}, {epochs[model]} epochs (--against)"] = _shift(curve(other / folder, key), standin)
+                                      ("SAC-ViT (SAC stage)", "sacvit", "val_top1_sac", "SAC-ViT, SAC only")):
+        if model in rows:
+            r, seen = rows[model], _shift(curve(Path(cfg.against) / folder, key), standin)
+            if len(seen) >= r["epoch"]:
+                out[f"{label}, {r['epochs']} epochs (--against, epoch {r['epoch']})"] = [(seen[r["epoch"] - 1][0], r["top1"])]
     return out
 
 
