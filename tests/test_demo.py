@@ -166,3 +166,8 @@ def test_budget_check_sets_each_model_against_the_other_budget(standin, tmp_path
         assert row["top1"] == pytest.approx(best, abs=1e-6)  # each run reported at its best validation epoch
     assert "Is the budget enough?" in (tmp_path / "three" / "report.md").read_text()
     assert [len(v) for k, v in s["curves"].items() if "--against" in k] == [1, 1]  # its reported weights, measured now
+
+
+def test_against_a_folder_that_is_no_demo_run_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="not a sacvit demo output folder"):
+        DemoConfig(out=str(tmp_path / "out"), against=str(tmp_path / "nope"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..engine.train import TrainConfig
@@ -165,6 +166,8 @@ class DemoConfig:
         unknown = sorted(set(self.family or ()) - {"cfvit", "lfvit", "dvt"})
         if unknown:
             raise ValueError(f"family: unknown {unknown}; valid: cfvit, lfvit, dvt")
+        if self.against is not None and not (Path(self.against) / "demo_config.json").is_file():
+            raise ValueError(f"--against {self.against}: not a sacvit demo output folder (no demo_config.json)")
 
     @property
     def members(self) -> tuple[str, ...]:
