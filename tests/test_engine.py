@@ -187,15 +187,17 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
 @pytest.mark.parametrize("scores, kept", [([70.0, 72.0, 71.0], 2), ([70.0, 72.0, 72.0], 2), ([None, 60.0], 2),
                                           ([75.0, None, 74.0], 1), ([70.0, 71.0, 73.5], 3)])
 def test_best_checkpoint_is_the_first_epoch_with_the_top_score(tmp_path, scores, kept):
-    from sacvit.engine.train import _keep_best
+    from sacvit.engine.resume import keep_best
 
-    history = []
+    model = tiny_model(PLAIN_NAME)
     for epoch, score in enumerate(scores, start=1):
-        (tmp_path / "last.safetensors").write_text(f"epoch {epoch}")
-        history.append({"epoch": epoch, **({} if score is None else {"val_top1": score})})
-        _keep_best(tmp_path, history)
-    assert (tmp_path / "best.safetensors").read_text() == f"epoch {kept}"
-    assert not list(tmp_path.glob("*.tmp"))
+        save_checkpoint(tmp_path / "last.safetensors", model, CheckpointMeta(
+            model_name=PLAIN_NAME, model_kwargs={**KW, "num_classes": 4}, class_names=list("abcd"), epoch=epoch,
+            metrics={} if score is None else {"val_top1": score}))
+        keep_best(tmp_path)
+        keep_best(tmp_path)  # again, as after a resume: nothing changes
+    assert read_metadata(tmp_path / "best.safetensors").epoch == kept
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..engine.train import CHECKPOINT
 from ..io.checkpoint import read_metadata
 from .evidence import paired
 from .runs import chosen_weights
@@ -41,7 +42,7 @@ def budget_check(this: dict[str, tuple[str, Path]], other_out: Path, correct: Ca
     rows = []
     for label, (name, weights) in this.items():
         folder = Path(other_out) / name
-        if not (folder / "config.json").is_file() or not (folder / "last.safetensors").is_file():
+        if not (folder / "config.json").is_file() or not (folder / CHECKPOINT).is_file():
             continue
         theirs = chosen_weights(folder)
         a, b = correct(label, theirs), correct(label, weights)

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from torch.utils.data import Sampler
 from ..config import SACConfig
 from ..io.train_state import (DEPLOYED, Checkpointer, CheckpointWriteError, RankState, Snapshot, TrainState,
                               has_checkpoint, load_latest)
+from ..io.checkpoint import atomic_write, read_metadata
 from .distributed import Dist, seed_everything, set_rng_state
+from .train_config import BEST, selection_score
 
 __all__ = ["ResumableSampler", "check_resumed_sac", "restore_optimisation", "resume_epoch", "resume_or_start",
            "save_everywhere", "shared_state"]
@@ -95,6 +98,21 @@ def save_everywhere(saver: Checkpointer | None, d: Dist, model: nn.Module, ema: 
         dist.broadcast_object_list(error, src=0)
     if error[0] is not None:
         raise CheckpointWriteError(error[0])
+
+
+def keep_best(out: Path) -> None:
+    """Copy ``OUT/last.safetensors`` to ``OUT/best.safetensors`` when its epoch's validation score
+    (stored in its metadata) beats the best file's; ties keep the earlier epoch. Derived from the
+    two files, so calling it again after a resume heals a kill between the checkpoint and the copy."""
+    last, best = out / DEPLOYED, out / BEST
+    score = selection_score(read_metadata(last).metrics)
+    if score is None:
+        return
+    if best.is_file():
+        kept = selection_score(read_metadata(best).metrics)
+        if kept is not None and kept >= score:
+            return
+    atomic_write(best, lambda path: shutil.copyfile(last, path))
 
 
 class ResumableSampler(Sampler):

@@ -35,8 +35,6 @@ and the model's drop-path (:func:`_loss`).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -54,8 +52,8 @@ from ..io.train_state import RankState
 from .distributed import Dist, all_mean, rng_state, setup, teardown
 from .logs import append_json
 from .loss import cascade_loss, cross_entropy, sac_loss
-from .resume import resume_epoch, save_everywhere, shared_state
-from .train_config import BEST, CHECKPOINT, TrainConfig, selection_score
+from .resume import keep_best, resume_epoch, save_everywhere, shared_state
+from .train_config import BEST, CHECKPOINT, TrainConfig
 from .train_setup import Run, check_config, start_run
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT", "BEST"]
@@ -227,21 +225,9 @@ def _end_epoch(run: Run, ep: _Epoch) -> None:
     run.history.append(record)
     _save(run, 0, RankState(rng_state()), epoch=ep.index + 1, batch=0, record=record)
     if d.main:
-        _keep_best(run.out, run.history)
+        keep_best(run.out)
         append_json(run.out / "metrics.jsonl", record)
         print(_summary(record, cfg.epochs), flush=True)
-
-
-def _keep_best(out: Path, history: list[dict[str, Any]]) -> None:
-    """Copy ``last.safetensors`` to ``best.safetensors`` when the newest epoch's validation score
-    beats every earlier epoch's (atomically: a crash leaves the previous best)."""
-    score = selection_score(history[-1])
-    earlier = [s for s in map(selection_score, history[:-1]) if s is not None]
-    if score is None or any(s >= score for s in earlier):
-        return
-    tmp = out / (BEST + ".tmp")
-    shutil.copyfile(out / CHECKPOINT, tmp)
-    os.replace(tmp, out / BEST)
 
 
 def train(cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None) -> Path:

@@ -31,7 +31,7 @@ from ..model.dvt import DVT
 from ..model.registry import method_of
 from .distributed import Dist, seed_everything
 from .logs import restore_logs
-from .resume import ResumableSampler, check_resumed_sac, restore_optimisation, resume_or_start
+from .resume import ResumableSampler, check_resumed_sac, keep_best, restore_optimisation, resume_or_start
 from .train_config import TrainConfig
 
 __all__ = ["Run", "start_run", "check_config", "build_model"]
@@ -282,6 +282,7 @@ def _checkpointer(d: Dist, out: Path, snap: Snapshot | None, meta: CheckpointMet
     saver = Checkpointer(out, meta, good=snap.folder.name if resumed else None)
     if resumed and snap.batch == 0:
         saver.redeploy(snap.folder)  # a kill between the commit and the copy to last.safetensors
+        keep_best(out)  # … or before the copy to best.safetensors
     return saver
 
 
