@@ -1,6 +1,7 @@
 """``sacvit demo`` end to end on a tiny config (seconds), and the protocol's guarantees."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,10 +151,15 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
 @pytest.mark.slow
 def test_budget_check_sets_each_model_against_the_other_budget(standin, tmp_path):
     root, data, path = standin
-    _demo(tmp_path / "one", data, path, bench=False)
-    s = _demo(tmp_path / "three", data, path, bench=False, overrides={"epochs": 3}, against=str(tmp_path / "one"))
+    _demo(tmp_path / "one", data, path, bench=False, family=["cfvit"])
+    s = _demo(tmp_path / "three", data, path, bench=False, family=["cfvit"], overrides={"epochs": 3},
+              against=str(tmp_path / "one"))
     rows = {r["model"]: r for r in s["budget_check"]["rows"]}
-    assert set(rows) == {"baseline", "SAC-ViT, SAC only", "SAC-ViT, EE stage", "plain ViT at 56 px"}
+    assert set(rows) == {"baseline", "SAC-ViT, SAC only", "SAC-ViT, EE stage", "plain ViT at 56 px", "CF-ViT, last stage"}
+    cf = next(e for e in s["family"] if e["method"] == "cfvit")
+    assert rows["CF-ViT, last stage"]["this"]["folder"] == str(Path(cf["checkpoint"]).parent)
+    for name in ("plain ViT at 56 px fine-tune", "CF-ViT fine-tune (last stage)"):
+        assert len(s["curves"][name]) == 1 + 3  # every compared model's validation curve, from the stand-in's end
     holdout = build_dataset("cluttered-fmnist", str(data), "holdout", 112)
     for r in rows.values():
         assert (r["other"]["epochs"], r["this"]["epochs"], r["images"]) == (1, 3, len(holdout))

@@ -31,10 +31,13 @@ from .config import DemoConfig
 from .evidence import Evidence, calibrate, paired, sac_correct
 from .runs import fine_tune
 
-__all__ = ["MEMBERS", "MATCHED_SHARES", "member_sac", "matched_threshold", "run_family"]
+__all__ = ["FAMILY_NAMES", "LAST_STAGE", "MEMBERS", "MATCHED_SHARES", "member_sac", "matched_threshold", "run_family"]
 
 #: The predecessors the demo trains, by method: their demo-geometry variants.
 MEMBERS = {"cfvit": "cfvit_demo_patch8_112", "lfvit": "lfvit_demo_patch8_112", "dvt": "dvt_demo_patch8_112"}
+#: The methods' names in reports, and the validation metric of each one's last stage (its training log).
+FAMILY_NAMES = {"cfvit": "CF-ViT", "lfvit": "LF-ViT", "dvt": "DVT"}
+LAST_STAGE = {"cfvit": "val_top1_sac", "lfvit": "val_top1_sac", "dvt": "val_top1"}
 #: Shares of the baseline's GMACs at which the methods are compared at matched compute.
 MATCHED_SHARES = (0.25, 0.33, 0.40)
 _GRID = np.r_[SAC_ONLY, np.linspace(1.0, 0.0, 201)]

@@ -49,7 +49,7 @@ from .config import DemoConfig
 from .convergence import budget_check
 from .evidence import SAC_ONLY, Evidence, calibrate, exchangeability, paired, plain_row, sac_correct
 from .exit_scores import exit_score_study
-from .family import run_family
+from .family import FAMILY_NAMES, LAST_STAGE, run_family
 from .report import bench_row
 from .runs import PLAIN_MODEL, SAC_MODEL, curve, fine_tune
 from .standin import standin_path
@@ -163,9 +163,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     curves = {"stand-in (from scratch)": _standin_curve(standin),
               "baseline fine-tune": _shift(curve(out / "baseline", "val_top1"), standin),
               "SAC-ViT fine-tune (SAC stage)": _shift(curve(out / "sacvit", "val_top1_sac"), standin),
-              "SAC-ViT fine-tune (EE stage)": _shift(curve(out / "sacvit", "val_top1_ee"), standin)}
+              "SAC-ViT fine-tune (EE stage)": _shift(curve(out / "sacvit", "val_top1_ee"), standin),
+              "plain ViT at 56 px fine-tune": _shift(curve(out / "ee_res", "val_top1"), standin)}
+    for method in cfg.members:
+        curves[f"{FAMILY_NAMES[method]} fine-tune (last stage)"] = _shift(curve(out / method, LAST_STAGE[method]), standin)
     if cfg.against:
-        summary["budget_check"] = _budget_check(cfg, ev, tuned)
+        members = {method: Path(fam["checkpoints"][method]) for method in cfg.members} if fam else {}
+        summary["budget_check"] = _budget_check(cfg, ev, tuned, members)
         curves.update(_other_curves(cfg, summary["budget_check"], standin))
     summary["curves"] = curves
     summary["headline"] = _headline(summary, choice, eta, base_t)
@@ -245,13 +249,17 @@ def _select_baseline(ev: Evidence, standin: Path, tuned: Path) -> tuple[Path, di
     return (tuned if chosen == "fine-tuned" else standin), {"holdout_top1": scores, "chosen": chosen}
 
 
-def _budget_check(cfg: DemoConfig, ev: Evidence, tuned: dict[str, Path]) -> dict[str, Any]:
-    """This run's fine-tuned models against ``cfg.against``'s, on the validation split."""
+def _budget_check(cfg: DemoConfig, ev: Evidence, tuned: dict[str, Path], members: dict[str, Path]) -> dict[str, Any]:
+    """This run's fine-tuned models (the family ``members`` too: their last stage) against
+    ``cfg.against``'s, on the validation split."""
     view = {}
+    last_stage = {f"{FAMILY_NAMES[m]}, last stage": m for m in members}
 
     def correct(label: str, weights: Path) -> np.ndarray:
         if label == "baseline":
             return ev.plain(weights, "holdout")
+        if label in last_stage:
+            return sac_correct(ev.records(weights, "holdout"), SAC_ONLY)
         if label.startswith("SAC-ViT"):
             records = ev.stages(weights, "holdout")
             return records.correct_ee if "EE" in label else records.correct_sac
@@ -261,6 +269,7 @@ def _budget_check(cfg: DemoConfig, ev: Evidence, tuned: dict[str, Path]) -> dict
 
     this = {"baseline": ("baseline", tuned["baseline"]), "SAC-ViT, SAC only": ("sacvit", tuned["sacvit"]),
             "SAC-ViT, EE stage": ("sacvit", tuned["sacvit"]), "plain ViT at 56 px": ("ee_res", tuned["ee_res"])}
+    this.update({label: (m, members[m]) for label, m in last_stage.items()})
     return budget_check(this, Path(cfg.against), correct, cfg.seed)
 
 
