@@ -12,8 +12,9 @@ __all__ = ["add_parser"]
 _EXAMPLES = """\
 examples:
   sacvit demo                                   # what `make demo` runs (preset demo, 9 min on 2 cores from a fresh clone)
-  sacvit demo --preset full --out runs/full     # the README's headline numbers (2.5 h on 2 cores, resumable)
-  sacvit demo --preset full --family none --epochs 8 --out runs/full8 --against runs/full   # twice the budget: enough?
+  sacvit demo --preset full --out runs/full     # the README's headline numbers (5 h on 2 cores, resumable)
+  sacvit demo --preset full --family none --out runs/full                     # the headline without the family (77 min)
+  sacvit demo --preset full --epochs 4 --out runs/full4 && sacvit demo --preset full --out runs/full --against runs/full4   # is the budget enough?
   sacvit demo --ablations                       # also the Figure-3 set (12.5 min more on 2 cores)
   sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
   sacvit demo --sac '{"window": 4}' --out runs/demo_m4
@@ -28,9 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=PIPELINE_DOC, epilog=_EXAMPLES, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--out", default=d.out, help="output folder")
-    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (9 min) or full (2.5 h with the family, 45 min with --family none; 2 cores, README)")
+    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (9 min) or full (5 h with the family, 77 min with --family none; 2 cores, README)")
     a("--epochs", type=positive_int, default=None,
-      help="fine-tuning epochs of every compared model (default: the preset's — 1 for demo, 4 for full); "
+      help="fine-tuning epochs of every compared model (default: the preset's — "
+        + ", ".join(f"{preset.epochs} for {name}" for name, preset in PRESETS.items()) + "); "
            "another budget needs another --out folder")
     a("--against", default=None, metavar="OTHER_OUT",
       help="another demo output folder trained with another --epochs: set each compared model against its "
