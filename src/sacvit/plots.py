@@ -228,7 +228,7 @@ def family(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dict[st
 
     ``curves`` maps a method to its sweep rows (``gmacs``, ``top1``); ``points`` are the operating
     points to mark (``method``, ``gmacs``, ``top1``, optional ``top1_low``/``top1_high``, ``certified``):
-    a filled marker when certified, hollow when not; ``peers`` (ToMe, EViT, the baseline) are
+    a filled marker when certified, hollow when not; ``peers`` (ToMe, EViT, the baseline, the 56-px ViT) are
     drawn as labelled points.
     """
     plt = _pyplot()
@@ -241,7 +241,7 @@ def family(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dict[st
         c = colors.get(p["method"], "k")
         ax.errorbar([p["gmacs"]], [p["top1"]], yerr=_yerr([p]), fmt="o", markersize=9, capsize=3, color=c,
                     markerfacecolor=c if p.get("certified") else "white", markeredgewidth=1.6)
-    markers = {"deit": "*", "baseline": "*", "tome": "s", "evit": "^"}
+    markers = {"deit": "*", "baseline": "*", "tome": "s", "evit": "^", "plain ViT 56 px": "D"}
     for method in dict.fromkeys(r["method"] for r in peers):
         rs = sorted((r for r in peers if r["method"] == method), key=lambda r: r["gmacs"])
         ax.plot([r["gmacs"] for r in rs], [r["top1"] for r in rs], markers.get(method, "x"), color="0.35",

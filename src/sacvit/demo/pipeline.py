@@ -192,7 +192,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         points = [{"method": e["method"], "gmacs": e["gmacs"], "top1": e["test_top1"], "top1_low": e["test_top1_ci"][0],
                    "top1_high": e["test_top1_ci"][1], "certified": e["certified"]}
                   for e in summary["family"] if e["method"] != "baseline"]
-        others = [{"method": "baseline", "gmacs": flops.vit_gmacs(baseline), "top1": summary["test"]["baseline"]["top1"]}]
+        others = [{"method": "baseline", "gmacs": flops.vit_gmacs(baseline), "top1": summary["test"]["baseline"]["top1"]},
+                  {"method": "plain ViT 56 px", "gmacs": flops.vit_gmacs(ee_res_model), "top1": summary["test"]["ee_res"]["top1"]}]
         others += [{"method": r["method"], "gmacs": r["gmacs"], "top1": r["top1"]} for r in peers]
         plots.family(fam["curves"], points, out / "family.png", family_title(len(base_t)), peers=others)
     if cfg.ablations:
