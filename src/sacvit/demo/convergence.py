@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engine.train import CHECKPOINT
+from ..io.run_files import CHECKPOINT
 from ..io.checkpoint import read_metadata
 from .evidence import paired
 from .runs import chosen_weights

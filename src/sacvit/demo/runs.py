@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..engine.train import BEST, CHECKPOINT, TrainConfig, train
+from ..engine.train import TrainConfig, train
 from ..io.checkpoint import read_metadata
+from ..io.run_files import BEST, CHECKPOINT, METRICS
 from ..io.train_state import has_checkpoint
 from ..model.registry import method_of
 from .config import DemoConfig
@@ -96,7 +97,7 @@ def _check_same_run(out: Path, run) -> None:
 
 def curve(run_dir: Path, key: str) -> list[tuple[float, float]]:
     """``(training images seen, held-out top-1)`` per validated epoch of a run."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.train import CHECKPOINT, TrainConfig, train
+from ..engine.train import TrainConfig, train
 from ..io.checkpoint import read_metadata, sha256_file
+from ..io.run_files import CHECKPOINT, METRICS
 from ..io.train_state import has_checkpoint
 from .config import Recipe
 
@@ -101,7 +102,7 @@ def make_standin(out_dir: str | Path, recipe: StandinRecipe | None = None, data_
         ckpt = train(TrainConfig(**fields))
     weights = out / "standin.safetensors"
     shutil.copyfile(ckpt, weights)
-    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    curve = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
     record = {
         "what": "plain ViT trained at the full resolution: the demo's stand-in for DeiT",
         "model": recipe.model, "recipe": recipe.to_dict(), "overrides": {k: v for k, v in overrides.items()},

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..io.run_files import METRICS, STEPS
+
 __all__ = ["append_json", "restore_logs"]
 
 
@@ -22,8 +24,8 @@ def restore_logs(out: Path, history: list[dict[str, Any]], step: int) -> None:
     checkpoint and appending its line, or after logging epochs that a damaged checkpoint held);
     ``steps.jsonl`` loses the lines after ``step``.
     """
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    path = out / "steps.jsonl"
+    (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in history))
+    path = out / STEPS
     if path.is_file():
         kept = [line for line in path.read_text().splitlines() if _step(line) is not None and _step(line) <= step]
         path.write_text("".join(line + "\n" for line in kept))

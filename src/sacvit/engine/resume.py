@@ -21,11 +21,12 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from ..config import SACConfig
-from ..io.train_state import (DEPLOYED, Checkpointer, CheckpointWriteError, RankState, Snapshot, TrainState,
+from ..io.train_state import (Checkpointer, CheckpointWriteError, RankState, Snapshot, TrainState,
                               has_checkpoint, load_latest)
 from ..io.checkpoint import atomic_write, read_metadata
+from ..io.run_files import BEST, CHECKPOINT, METRICS
 from .distributed import Dist, seed_everything, set_rng_state
-from .train_config import BEST, selection_score
+from .train_config import selection_score
 
 __all__ = ["ResumableSampler", "check_resumed_sac", "restore_optimisation", "resume_epoch", "resume_or_start",
            "save_everywhere", "shared_state"]
@@ -65,7 +66,7 @@ def resume_or_start(out: Path, model_name: str, resume: bool, d: Dist) -> Snapsh
             say(f"sacvit: torchrun restart {restart}: resuming from {snap.folder} "
                 f"(epoch {snap.epoch + 1}, batch {snap.batch})")
         return snap
-    if not restart and ((out / DEPLOYED).is_file() or (out / "metrics.jsonl").is_file() or has_checkpoint(out)):
+    if not restart and ((out / CHECKPOINT).is_file() or (out / METRICS).is_file() or has_checkpoint(out)):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick another --out-dir")
     return None
 
@@ -104,7 +105,7 @@ def keep_best(out: Path) -> None:
     """Copy ``OUT/last.safetensors`` to ``OUT/best.safetensors`` when its epoch's validation score
     (stored in its metadata) beats the best file's; ties keep the earlier epoch. Derived from the
     two files, so calling it again after a resume heals a kill between the checkpoint and the copy."""
-    last, best = out / DEPLOYED, out / BEST
+    last, best = out / CHECKPOINT, out / BEST
     score = selection_score(read_metadata(last).metrics)
     if score is None:
         return

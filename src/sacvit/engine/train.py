@@ -48,12 +48,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.classes import count_images
+from ..io.run_files import BEST, CHECKPOINT, METRICS, STEPS
 from ..io.train_state import RankState
 from .distributed import Dist, all_mean, rng_state, setup, teardown
 from .logs import append_json
 from .loss import cascade_loss, cross_entropy, sac_loss
 from .resume import keep_best, resume_epoch, save_everywhere, shared_state
-from .train_config import BEST, CHECKPOINT, TrainConfig
+from .train_config import TrainConfig
 from .train_setup import Run, check_config, start_run
 
 __all__ = ["TrainConfig", "train", "CHECKPOINT", "BEST"]
@@ -198,7 +199,7 @@ def _log_step(run: Run, ep: _Epoch, loss: torch.Tensor) -> None:
     if run.cfg.log_every and run.step % run.cfg.log_every == 0:
         value = all_mean(loss, run.d)
         if run.d.main:
-            append_json(run.out / "steps.jsonl", {"step": run.step, "epoch": ep.index + 1, "loss": value,
+            append_json(run.out / STEPS, {"step": run.step, "epoch": ep.index + 1, "loss": value,
                                                   "lr": run.scheduler.get_last_lr()[0]})
 
 
@@ -226,7 +227,7 @@ def _end_epoch(run: Run, ep: _Epoch) -> None:
     _save(run, 0, RankState(rng_state()), epoch=ep.index + 1, batch=0, record=record)
     if d.main:
         keep_best(run.out)
-        append_json(run.out / "metrics.jsonl", record)
+        append_json(run.out / METRICS, record)
         print(_summary(record, cfg.epochs), flush=True)
 
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "CHECKPOINT", "BEST", "selection_score"]
+__all__ = ["TrainConfig", "selection_score"]
 
-#: The deployed weights of a run folder: ``out_dir/last.safetensors``.
-CHECKPOINT = "last.safetensors"
-#: The weights of the epoch with the highest validation score so far (:func:`selection_score`;
-#: ties keep the earlier epoch): ``out_dir/best.safetensors``.
-BEST = "best.safetensors"
 
 
 def selection_score(record: dict[str, Any]) -> float | None:

@@ -26,6 +26,7 @@ from ..data.classes import check_class_names
 from ..data.preprocess import preprocess_for
 from ..devices import amp_dtype
 from ..io.checkpoint import CheckpointMeta, DataSpec
+from ..io.run_files import METRICS, STEPS
 from ..io.train_state import Checkpointer, Snapshot
 from ..model.dvt import DVT
 from ..model.registry import method_of
@@ -221,7 +222,7 @@ def _model(cfg: TrainConfig, d: Dist, out: Path, snap: Snapshot | None, classes:
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-            for name in ("metrics.jsonl", "steps.jsonl"):  # a torchrun restart before the first checkpoint
+            for name in (METRICS, STEPS):  # a torchrun restart before the first checkpoint
                 (out / name).unlink(missing_ok=True)
     return model.to(d.device).train(), model_kwargs
 

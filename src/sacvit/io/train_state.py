@@ -39,13 +39,13 @@ from torch import nn
 
 from .checkpoint import (CheckpointError, CheckpointMeta, CheckpointNotFoundError, atomic_write, fsync_dir,
                          load_checkpoint, read_metadata, save_checkpoint, sha256_file)
+from .run_files import CHECKPOINT
 
 __all__ = ["CheckpointWriteError", "Checkpointer", "RankState", "Snapshot", "TRAIN_FORMAT", "TrainState",
-           "has_checkpoint", "load_latest", "verify", "DEPLOYED"]
+           "has_checkpoint", "load_latest", "verify"]
 
 TRAIN_FORMAT = "sacvit-train-checkpoint/1"
 FOLDER, POINTER, MANIFEST, STATE = "checkpoints", "latest", "manifest.json", "state.pt"
-DEPLOYED = "last.safetensors"
 
 
 #: What a failed write raises: the OS's own error, ``torch.save``'s (a ``RuntimeError`` from its zip
@@ -273,7 +273,7 @@ class Checkpointer:
         return final
 
     def _deploy(self, source: Path) -> None:
-        atomic_write(self.out / DEPLOYED, lambda path: shutil.copyfile(source, path))
+        atomic_write(self.out / CHECKPOINT, lambda path: shutil.copyfile(source, path))
 
     def redeploy(self, folder: Path) -> None:
         """Make ``OUT/last.safetensors`` hold the weights of epoch-end checkpoint ``folder``.
@@ -282,7 +282,7 @@ class Checkpointer:
         """
         source = folder / json.loads((folder / MANIFEST).read_text())["deployed"]
         try:
-            if read_metadata(self.out / DEPLOYED).weights_sha256 == read_metadata(source).weights_sha256:
+            if read_metadata(self.out / CHECKPOINT).weights_sha256 == read_metadata(source).weights_sha256:
                 return
         except ValueError:  # missing or unreadable: write it
             pass
