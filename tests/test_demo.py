@@ -75,6 +75,11 @@ def test_demo_end_to_end(standin):
     assert at["top1_low"] <= at["top1"] <= at["top1_high"] and at["images"] == 35
     assert [r["key"] for r in s["ablations"]] == ["full", *keys]
     no_exit, no_clustering = s["ablations"][1], s["ablations"][2]
+    # the full method's row says whether its η was certified, as the headline does; η > 1 is not chosen
+    assert s["ablations"][0]["criterion_met"] is s["calibration"]["criterion_met"]
+    assert no_exit["criterion_met"] is None
+    assert s["ablations"][0]["vs_full"]["diff"] == 0  # the full method paired with itself
+    assert no_clustering["vs_full"]["n"] == 35
     assert no_exit["exit_share"] == 0 and no_exit["gmacs"] == pytest.approx(s["test"]["sac_only"]["gmacs"])
     assert no_clustering["gmacs_sac_only"] > s["test"]["sac_only"]["gmacs"]  # the whole image at full res
     sel = s["baseline_selection"]  # never below an earlier checkpoint of itself (the stand-in), on held-out data

@@ -15,7 +15,7 @@ examples:
   sacvit demo --preset full --out runs/full     # the README's headline numbers (5 h on 2 cores, resumable)
   sacvit demo --preset full --family none --out runs/full                     # the headline without the family (77 min)
   sacvit demo --preset full --epochs 4 --out runs/full4 && sacvit demo --preset full --out runs/full --against runs/full4   # is the budget enough?
-  sacvit demo --ablations                       # also the Figure-3 set (12.5 min more on 2 cores)
+  sacvit demo --ablations                       # also the Figure-3 set (22.9 min in all on 2 cores)
   sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
   sacvit demo --sac '{"window": 4}' --out runs/demo_m4
 """

@@ -35,21 +35,24 @@ ABLATIONS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
 
 
 def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin: Path, baseline_holdout,
-                  main_test, main_eta: float) -> list[dict[str, Any]]:
+                  main_test, main_eta: float, main_met: bool) -> list[dict[str, Any]]:
     """Train (or reuse) every variant and return one row per variant, the full method first.
 
     Each row holds the test numbers at the variant's own η and, in ``holdout_*``, what that η
     reached on the validation split (where a window side may be chosen, never on the test split).
+    ``criterion_met`` is whether that η was certified (the full method's: ``main_met``, from the
+    calibration split), ``None`` for "no early exit", whose η > 1 is not chosen.
     """
     base_t = ev.plain(ckpt["baseline"], "test")
     main_window = {**cfg.sac}.get("window", SACConfig().window)
     main_holdout = ev.stages(ckpt["sacvit"], "holdout")
-    rows = [_row("SAC-ViT (every design)", "full", main_test, main_holdout, main_eta, True, base_t, cfg.seed)]
+    refs = {"vs_baseline": base_t, "vs_full": sac_correct(main_test, main_eta)}
+    rows = [_row("SAC-ViT (every design)", "full", main_test, main_holdout, main_eta, main_met, refs, cfg.seed)]
     for key, label, change in ABLATIONS:
         if cfg.ablation_keys is not None and key not in cfg.ablation_keys:
             continue
         if change is None:
-            rows.append(_row(label, key, main_test, main_holdout, SAC_ONLY, True, base_t, cfg.seed))
+            rows.append(_row(label, key, main_test, main_holdout, SAC_ONLY, None, refs, cfg.seed))
             continue
         if change.get("window") == main_window and set(change) == {"window"}:
             continue  # the full method itself
@@ -59,14 +62,16 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
                          recipe_changes={k: v for k, v in change.items() if k not in sac_fields})
         holdout = ev.stages(path, "holdout")
         choice, eta = calibrate(holdout, baseline_holdout, cfg.tolerance, cfg.delta)
-        rows.append(_row(label, key, ev.stages(path, "test"), holdout, eta, choice.certified, base_t, cfg.seed))
+        rows.append(_row(label, key, ev.stages(path, "test"), holdout, eta, choice.certified, refs, cfg.seed))
     return rows
 
 
-def _row(label: str, key: str, records, holdout, eta: float, met: bool, base_t, seed: int) -> dict[str, Any]:
+def _row(label: str, key: str, records, holdout, eta: float, met: bool | None, refs, seed: int) -> dict[str, Any]:
+    """One variant at its η; ``refs``: the per-image correctness it is paired against (the
+    baseline's, and the full method's at its own η)."""
     row = records.row(eta, label=label)
     sac_only, ee_only, held = records.row(SAC_ONLY), records.row(0.0), holdout.row(eta)
     return {**row, "key": key, "criterion_met": met, "top1_sac_only": sac_only["top1"],
             "gmacs_sac_only": sac_only["gmacs"], "top1_ee_only": ee_only["top1"],
             "holdout_top1": held["top1"], "holdout_gmacs": held["gmacs"],
-            "vs_baseline": paired(base_t, sac_correct(records, eta), seed)}
+            **{name: paired(ref, sac_correct(records, eta), seed) for name, ref in refs.items()}}

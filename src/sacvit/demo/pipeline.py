@@ -179,7 +179,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         {"calibration": base_c, "test": base_t}, {"calibration": sac_c, "test": sac_t})
     if cfg.ablations:
 
-        summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, base_h, sac_t, eta)
+        summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, base_h, sac_t, eta, met)
 
     title = f"Cluttered Fashion-MNIST, test split ({len(base_t)} images), preset {cfg.preset}"
     plots.accuracy_vs_gmacs(rows, out / "accuracy_vs_gmacs.png", title, chosen=eta)

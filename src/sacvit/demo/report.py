@@ -136,10 +136,11 @@ def markdown(s: dict[str, Any]) -> str:
     if s.get("ablations"):
         parts.append("\n## Ablations (Figure 3): each design removed in turn, own η calibrated on the validation split\n")
         parts.append(_table(["variant", "η", "top-1 % [95% CI]", "GMACs/img", "exit @ EE", "SAC only", "EE only",
-                             "vs baseline (pt, 95% CI)", "validation top-1 / GMACs at η"],
-                            [[r["label"], f"{r['threshold']:.3g}" + ("" if r["criterion_met"] else " (criterion not met)"),
+                             "vs baseline (pt, 95% CI)", "vs SAC-ViT (pt, 95% CI)", "validation top-1 / GMACs at η"],
+                            [[r["label"], f"{r['threshold']:.3g}" + (" (not certified)" if r["criterion_met"] is False else ""),
                               _ci(r), f"{r['gmacs']:.4f}", f"{100 * r['exit_share']:.1f}%", f"{r['top1_sac_only']:.2f}",
                               f"{r['top1_ee_only']:.2f}", _short(r["vs_baseline"]),
+                              _short(r["vs_full"]) if "vs_full" in r else "–",
                               f"{r['holdout_top1']:.2f} / {r['holdout_gmacs']:.4f}"]
                              for r in s["ablations"]]))
     sel = s.get("baseline_selection")
