@@ -69,9 +69,9 @@ def run_ablations(cfg: DemoConfig, ev: Evidence, ckpt: dict[str, Path], standin:
 def _row(label: str, key: str, records, holdout, eta: float, met: bool | None, refs, seed: int) -> dict[str, Any]:
     """One variant at its η; ``refs``: the per-image correctness it is paired against (the
     baseline's, and the full method's at its own η)."""
-    row = records.row(eta, label=label)
+    row, correct = records.row(eta, label=label), sac_correct(records, eta)
     sac_only, ee_only, held = records.row(SAC_ONLY), records.row(0.0), holdout.row(eta)
     return {**row, "key": key, "criterion_met": met, "top1_sac_only": sac_only["top1"],
             "gmacs_sac_only": sac_only["gmacs"], "top1_ee_only": ee_only["top1"],
             "holdout_top1": held["top1"], "holdout_gmacs": held["gmacs"],
-            **{name: paired(ref, sac_correct(records, eta), seed) for name, ref in refs.items()}}
+            **{name: paired(ref, correct, seed) for name, ref in refs.items()}}

@@ -178,7 +178,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         eta, {k: ev.datasets[k].targets for k in ("calibration", "test")},
         {"calibration": base_c, "test": base_t}, {"calibration": sac_c, "test": sac_t})
     if cfg.ablations:
-
         summary["ablations"] = run_ablations(cfg, ev, ckpt, standin, base_h, sac_t, eta, met)
 
     title = f"Cluttered Fashion-MNIST, test split ({len(base_t)} images), preset {cfg.preset}"

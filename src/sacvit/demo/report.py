@@ -140,7 +140,7 @@ def markdown(s: dict[str, Any]) -> str:
                             [[r["label"], f"{r['threshold']:.3g}" + (" (not certified)" if r["criterion_met"] is False else ""),
                               _ci(r), f"{r['gmacs']:.4f}", f"{100 * r['exit_share']:.1f}%", f"{r['top1_sac_only']:.2f}",
                               f"{r['top1_ee_only']:.2f}", _short(r["vs_baseline"]),
-                              _short(r["vs_full"]) if "vs_full" in r else "–",
+                              _short(r["vs_full"]),
                               f"{r['holdout_top1']:.2f} / {r['holdout_gmacs']:.4f}"]
                              for r in s["ablations"]]))
     sel = s.get("baseline_selection")
