@@ -144,6 +144,11 @@ def test_demo_family_under_one_protocol(standin, tmp_path):
         meta = read_metadata(out / (m if m != "sacvit" else "sacvit") / "last.safetensors")
         assert meta.calibration["split"] == "calibration"
     assert {m["method"] for m in s["matched_gmacs"]} == {"sacvit", *members}
+    assert rows["sacvit"]["stage_top1"]["last"] == pytest.approx(s["sac_only_vs_baseline"]["top1_b"])
+    for m in members:  # each stage of SAC-ViT paired against the same stage of the predecessor
+        for stage, d in rows[m]["sacvit_vs_this_by_stage"].items():
+            assert d["diff"] == pytest.approx(rows["sacvit"]["stage_top1"][stage] - rows[m]["stage_top1"][stage])
+    assert "### Each method's two ends" in (out / "report.md").read_text()
     assert (out / "family.png").stat().st_size > 0
     bench = {r["method"] for r in s["bench"]}
     assert bench >= {"deit", "sacvit", *members}
@@ -182,3 +187,13 @@ def test_budget_check_sets_each_model_against_the_other_budget(standin, tmp_path
 def test_against_a_folder_that_is_no_demo_run_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="not a sacvit demo output folder"):
         DemoConfig(out=str(tmp_path / "out"), against=str(tmp_path / "nope"))
+
+
+def test_the_family_is_opt_in_and_the_budget_records_what_the_run_trains():
+    """No preset trains the predecessors unless asked (the full preset fits its 90 minutes without
+    them); the summary's ``budget`` is the run's, ``--family`` included."""
+    assert DemoConfig(preset="full").members == () and DemoConfig().members == ()
+    cfg = DemoConfig(preset="full", family=("cfvit", "dvt"), overrides={"epochs": 4})
+    assert cfg.members == ("cfvit", "dvt") and cfg.budget().family == ("cfvit", "dvt") and cfg.budget().epochs == 4
+    with pytest.raises(ValueError, match="unknown"):
+        DemoConfig(family=("tome",))

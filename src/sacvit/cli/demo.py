@@ -11,9 +11,9 @@ __all__ = ["add_parser"]
 
 _EXAMPLES = """\
 examples:
-  sacvit demo                                   # what `make demo` runs (preset demo, 9 min on 2 cores from a fresh clone)
-  sacvit demo --preset full --out runs/full     # the README's headline numbers (5 h on 2 cores, resumable)
-  sacvit demo --preset full --family none --out runs/full                     # the headline without the family (77 min)
+  sacvit demo                                   # what `make demo` runs (preset demo, 8 min on 2 cores from a fresh clone)
+  sacvit demo --preset full --out runs/full     # the README's headline numbers (76.7 min on 2 cores, resumable)
+  sacvit demo --preset full --family cfvit,lfvit,dvt --out runs/full          # the same, then the family (README: timings)
   sacvit demo --preset full --epochs 4 --out runs/full4 && sacvit demo --preset full --out runs/full --against runs/full4   # is the budget enough?
   sacvit demo --ablations                       # also the Figure-3 set (22.9 min in all on 2 cores)
   sacvit demo --family cfvit,lfvit,dvt          # also SAC-ViT's predecessors, same protocol (Figure 1)
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=PIPELINE_DOC, epilog=_EXAMPLES, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--out", default=d.out, help="output folder")
-    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (9 min) or full (5 h with the family, 77 min with --family none; 2 cores, README)")
+    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (8 min) or full (76.7 min; 2 cores, README)")
     a("--epochs", type=positive_int, default=None,
       help="fine-tuning epochs of every compared model (default: the preset's — "
         + ", ".join(f"{preset.epochs} for {name}" for name, preset in PRESETS.items()) + "); "
@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--ablations", action="store_true", help="also train and report each design removed in turn (Figure 3)")
     a("--family", type=_family, default=None,
       help="predecessors to train and compare under the same protocol (Figure 1): a comma-separated subset of "
-           "cfvit,lfvit,dvt, or none (default: the preset's — none for demo, all three for full), "
+           "cfvit,lfvit,dvt, or none (default: none; in an existing --out folder only the missing ones train), "
            "e.g. --family cfvit,lfvit")
     a("--no-bench", dest="bench", action="store_false", help="skip the wall-clock benchmark of the trained models")
     a("--seed", type=int, default=d.seed, help="seed of every training and of the data layout")

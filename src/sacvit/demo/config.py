@@ -2,8 +2,8 @@
 
 * :class:`Recipe` — the fine-tuning recipe every compared model gets (baseline, SAC-ViT, the
   EE-resolution ViT, every ablation), from the same stand-in weights;
-* :data:`PRESETS` — ``demo`` (``make demo``, 9 minutes on 2 CPU cores from a fresh clone) and ``full``
-  (23 minutes on 2 CPU cores: the README's headline numbers);
+* :data:`PRESETS` — ``demo`` (``make demo``, 8 minutes on 2 CPU cores from a fresh clone) and ``full``
+  (8 epochs, 73–77 minutes on 2 CPU cores without the family: the README's headline numbers);
 * :class:`DemoConfig` — one run: a preset plus where the data, the stand-in and the outputs are.
 """
 
@@ -81,8 +81,9 @@ class Preset:
         calibration: images of the calibration split η is certified on (``None``: all 8 000).
         test: images of the test split reported on (``None``: all 8 000).
         bench_repeats: timed batches per row of the throughput benchmark.
-        family: the predecessors trained and compared (:mod:`~sacvit.demo.family`); the ``demo``
-            preset has none (three more fine-tunes do not fit ``make demo``'s 15 minutes).
+        family: the predecessors trained and compared (:mod:`~sacvit.demo.family`); no preset
+            has any by default (three more fine-tunes do not fit ``make demo``'s 15 minutes nor
+            the ``full`` preset's 90).
         exit_scores: also measure the exit-score options on the validation split
             (:mod:`~sacvit.demo.exit_scores`; three more validation passes).
     """
@@ -99,12 +100,11 @@ class Preset:
 
 #: ``full``: 8 epochs, each model reported at its best validation epoch. Measured with
 #: ``--against`` a 4-epoch run (README, ``docs/full``): 8 epochs beat 4 for every model on the
-#: validation split, and the baseline and SAC-ViT peak before epoch 8 (epochs 5 and 6) — more
-#: training stops helping. About 5 h on 2 cores with the family (DVT alone about 2 h), 77 min
-#: with ``--family none``.
+#: validation split. The headline alone takes 73–77 min on 2 cores; the family is opt-in
+#: (``--family cfvit,lfvit,dvt``: 61–65 min more for CF-ViT and LF-ViT, 78 min for DVT).
 PRESETS: dict[str, Preset] = {
     "demo": Preset(train_length=25_000, epochs=1),
-    "full": Preset(train_length=None, epochs=8, bench_repeats=10, family=("cfvit", "lfvit", "dvt"), exit_scores=True),
+    "full": Preset(train_length=None, epochs=8, bench_repeats=10, exit_scores=True),
 }
 
 
@@ -136,7 +136,7 @@ class DemoConfig:
             always uses 2).
         seed: seed of every training and of the data layout.
         overrides: a :class:`Preset` field → value map applied on top of the preset.
-        family: the predecessors to train and compare (default: the preset's), e.g.
+        family: the predecessors to train and compare (default: the preset's, none), e.g.
             ``("cfvit", "lfvit", "dvt")``.
         against: another demo output folder, trained with another budget (``--epochs``): each
             compared model is set against its namesake there on the validation split, the
@@ -173,10 +173,12 @@ class DemoConfig:
 
     @property
     def members(self) -> tuple[str, ...]:
-        """The predecessors this run trains: ``family``, or the preset's."""
-        return tuple(self.budget().family if self.family is None else self.family)
+        """The predecessors this run trains: ``family``, or the preset's (none)."""
+        return self.budget().family
 
     def budget(self) -> Preset:
+        """The preset with ``overrides`` and ``family`` applied: what this run does."""
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[self.preset], **self.overrides)
+        family = {} if self.family is None else {"family": tuple(self.family)}
+        return dataclasses.replace(PRESETS[self.preset], **{**self.overrides, **family})

@@ -41,6 +41,8 @@ LAST_STAGE = {"cfvit": "val_top1_sac", "lfvit": "val_top1_sac", "dvt": "val_top1
 #: Shares of the baseline's GMACs at which the methods are compared at matched compute.
 MATCHED_SHARES = (0.20, 0.25, 0.33, 0.40)
 _GRID = np.r_[SAC_ONLY, np.linspace(1.0, 0.0, 201)]
+#: Each method's two ends: every image exits at the first stage (η = 0), every image runs to the last.
+_STAGES = {"first": 0.0, "last": SAC_ONLY}
 
 
 def member_sac(cfg: DemoConfig, method: str) -> dict[str, Any]:
@@ -70,7 +72,9 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
         baseline_gmacs: the baseline's GMACs per image.
 
     Returns:
-        ``family`` (one object per method, the baseline first), ``matched`` (the matched-GMACs
+        ``family`` (one object per method, the baseline first; a method's ``stage_top1`` holds the
+        test top-1 of its ``first`` stage, every image exiting, and of its ``last``, none exiting,
+        and ``sacvit_vs_this_by_stage`` SAC-ViT's same stage paired against it), ``matched`` (the matched-GMACs
         table), ``curves`` (each method's test sweep, for the figure), and per method its
         ``checkpoints``, reported ``thresholds`` and calibration ``choices``.
     """
@@ -84,6 +88,7 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
         "method": "baseline", "certified": None, "threshold": None, "gmacs_share": 1.0, "test_top1": base_top1,
         "test_top1_ci": list(_wilson(base_t)), "throughput_ratio": 1.0, "images": n}]
     sac_at_eta = sac_correct(sacvit["test"], sacvit["eta"])
+    sac_stages = {stage: sac_correct(sacvit["test"], eta) for stage, eta in _STAGES.items()}
     for method, m in members.items():
         row = m["test"].row(m["eta"])
         correct = sac_correct(m["test"], m["eta"])
@@ -93,8 +98,11 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
                  "test_top1": row["top1"], "test_top1_ci": [row["top1_low"], row["top1_high"]],
                  "vs_baseline": paired(base_t, correct, cfg.seed), "throughput_ratio": None, "images": n,
                  "checkpoint": str(m["ckpt"])}
+        stages = {stage: sac_correct(m["test"], eta) for stage, eta in _STAGES.items()}
+        entry["stage_top1"] = {stage: 100 * float(c.mean()) for stage, c in stages.items()}
         if method != "sacvit":
             entry["sacvit_vs_this"] = paired(correct, sac_at_eta, cfg.seed)
+            entry["sacvit_vs_this_by_stage"] = {stage: paired(c, sac_stages[stage], cfg.seed) for stage, c in stages.items()}
         family.append(entry)
     matched = []
     for share in MATCHED_SHARES:

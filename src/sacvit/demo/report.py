@@ -234,6 +234,14 @@ def _family_section(s: dict[str, Any]) -> str:
              _short(m["sacvit_vs_this"]) if "sacvit_vs_this" in m else "–"] for m in s.get("matched_gmacs", [])]
     out.append(_table(["target", "method", "η", "test GMACs share", "top-1 % [95% CI]", "SAC-ViT − this (pt, 95% CI)"],
                       rows))
+    staged = [e for e in s["family"] if "stage_top1" in e]
+    if staged:
+        out.append("\n### Each method's two ends (every image exits at the first stage; every image runs to the last)\n")
+        out.append(_table(
+            ["method", "first stage top-1 %", "last stage top-1 %", "SAC-ViT − this, first (pt)", "SAC-ViT − this, last (pt)"],
+            [[e["method"], f"{e['stage_top1']['first']:.2f}", f"{e['stage_top1']['last']:.2f}",
+              *((_short(e["sacvit_vs_this_by_stage"][k]) for k in ("first", "last"))
+                if "sacvit_vs_this_by_stage" in e else ("–", "–"))] for e in staged]))
     return "\n".join(out) + "\n"
 
 
