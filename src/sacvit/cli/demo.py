@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 
 _EXAMPLES = """\
 examples:
-  sacvit demo                                   # what `make demo` runs (preset demo, 8 min on 2 cores from a fresh clone)
+  sacvit demo                                   # what `make demo` runs (preset demo, 8–10 min on 2 cores from a fresh clone)
   sacvit demo --preset full --out runs/full     # the README's headline numbers (76.7 min on 2 cores, resumable)
   sacvit demo --preset full --family cfvit,lfvit,dvt --out runs/full          # the same, then the family (README: timings)
   sacvit demo --preset full --epochs 4 --out runs/full4 && sacvit demo --preset full --out runs/full --against runs/full4   # is the budget enough?
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=PIPELINE_DOC, epilog=_EXAMPLES, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--out", default=d.out, help="output folder")
-    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (8 min) or full (76.7 min; 2 cores, README)")
+    a("--preset", choices=tuple(PRESETS), default=d.preset, help="training budget: demo (8–10 min) or full (76.7 min; 2 cores, README)")
     a("--epochs", type=positive_int, default=None,
       help="fine-tuning epochs of every compared model (default: the preset's — "
         + ", ".join(f"{preset.epochs} for {name}" for name, preset in PRESETS.items()) + "); "

@@ -2,7 +2,7 @@
 
 * :class:`Recipe` — the fine-tuning recipe every compared model gets (baseline, SAC-ViT, the
   EE-resolution ViT, every ablation), from the same stand-in weights;
-* :data:`PRESETS` — ``demo`` (``make demo``, 8 minutes on 2 CPU cores from a fresh clone) and ``full``
+* :data:`PRESETS` — ``demo`` (``make demo``, 8–10 minutes on 2 CPU cores from a fresh clone) and ``full``
   (8 epochs, 73–77 minutes on 2 CPU cores without the family: the README's headline numbers);
 * :class:`DemoConfig` — one run: a preset plus where the data, the stand-in and the outputs are.
 """
@@ -101,7 +101,7 @@ class Preset:
 #: ``full``: 8 epochs, each model reported at its best validation epoch. Measured with
 #: ``--against`` a 4-epoch run (README, ``docs/full``): 8 epochs beat 4 for every model on the
 #: validation split. The headline alone takes 73–77 min on 2 cores; the family is opt-in
-#: (``--family cfvit,lfvit,dvt``: 61–65 min more for CF-ViT and LF-ViT, 78 min for DVT).
+#: (``--family cfvit,lfvit,dvt``: 61–65 min more for CF-ViT and LF-ViT, 80 min for DVT).
 PRESETS: dict[str, Preset] = {
     "demo": Preset(train_length=25_000, epochs=1),
     "full": Preset(train_length=None, epochs=8, bench_repeats=10, exit_scores=True),
