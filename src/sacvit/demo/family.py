@@ -88,7 +88,7 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
         "method": "baseline", "certified": None, "threshold": None, "gmacs_share": 1.0, "test_top1": base_top1,
         "test_top1_ci": list(_wilson(base_t)), "throughput_ratio": 1.0, "images": n}]
     sac_at_eta = sac_correct(sacvit["test"], sacvit["eta"])
-    sac_stages = {stage: sac_correct(sacvit["test"], eta) for stage, eta in _STAGES.items()}
+    ends = {method: {stage: sac_correct(m["test"], eta) for stage, eta in _STAGES.items()} for method, m in members.items()}
     for method, m in members.items():
         row = m["test"].row(m["eta"])
         correct = sac_correct(m["test"], m["eta"])
@@ -98,11 +98,11 @@ def run_family(cfg: DemoConfig, ev: Evidence, standin: Path, sacvit: dict[str, A
                  "test_top1": row["top1"], "test_top1_ci": [row["top1_low"], row["top1_high"]],
                  "vs_baseline": paired(base_t, correct, cfg.seed), "throughput_ratio": None, "images": n,
                  "checkpoint": str(m["ckpt"])}
-        stages = {stage: sac_correct(m["test"], eta) for stage, eta in _STAGES.items()}
-        entry["stage_top1"] = {stage: 100 * float(c.mean()) for stage, c in stages.items()}
+        entry["stage_top1"] = {stage: 100 * float(c.mean()) for stage, c in ends[method].items()}
         if method != "sacvit":
             entry["sacvit_vs_this"] = paired(correct, sac_at_eta, cfg.seed)
-            entry["sacvit_vs_this_by_stage"] = {stage: paired(c, sac_stages[stage], cfg.seed) for stage, c in stages.items()}
+            entry["sacvit_vs_this_by_stage"] = {stage: paired(c, ends["sacvit"][stage], cfg.seed)
+                                                for stage, c in ends[method].items()}
         family.append(entry)
     matched = []
     for share in MATCHED_SHARES:
