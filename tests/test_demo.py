@@ -197,3 +197,13 @@ def test_the_family_is_opt_in_and_the_budget_records_what_the_run_trains():
     assert cfg.members == ("cfvit", "dvt") and cfg.budget().family == ("cfvit", "dvt") and cfg.budget().epochs == 4
     with pytest.raises(ValueError, match="unknown"):
         DemoConfig(family=("tome",))
+
+
+@pytest.mark.parametrize("summary", ["demo", "full"])
+def test_the_terminal_verdict_says_whether_eta_was_certified(summary):
+    """The committed summaries: `make demo`'s certifies nothing, the full preset's certifies η."""
+    from sacvit.demo.report import verdict
+    s = json.loads((Path(__file__).resolve().parents[1] / "docs" / summary / "summary.json").read_text())
+    first = verdict(s).strip().splitlines()[0]
+    assert ("(certified on the calibration split)" in first) == s["calibration"]["certified"]
+    assert ("nothing certified" in first) == (not s["calibration"]["certified"])

@@ -247,8 +247,9 @@ def _family_section(s: dict[str, Any]) -> str:
 
 def verdict(s: dict[str, Any]) -> str:
     """One paragraph for the terminal."""
-    at, base, d = s["at_eta"], s["test"]["baseline"], s["sacvit_vs_baseline"]
-    lines = [f"\nSAC-ViT at η = {s['calibration']['threshold']:.3g} (certified on the calibration split): top-1 {at['top1']:.2f}% vs "
+    at, base, d, cal = s["at_eta"], s["test"]["baseline"], s["sacvit_vs_baseline"], s["calibration"]
+    how = "certified on the calibration split" if cal["certified"] else "nothing certified on the calibration split: SAC only"
+    lines = [f"\nSAC-ViT at η = {cal['threshold']:.3g} ({how}): top-1 {at['top1']:.2f}% vs "
              f"baseline {base['top1']:.2f}% ({d['diff']:+.2f} pt, 95% CI [{d['diff_low']:+.2f}, {d['diff_high']:+.2f}], "
              f"McNemar p = {d['p_value']:.3g}) at {100 * at['gmacs'] / base['gmacs']:.0f}% of the baseline's GMACs, "
              f"{100 * at['exit_share']:.0f}% exiting at EE ({base['images']} test images)."]
